@@ -1,4 +1,8 @@
 //! Kiln: a bare-metal provisioning appliance. The binaries in `src/bin` only wire these modules.
 
+pub mod api;
+pub mod cli;
+pub mod conductor;
 pub mod inventory;
 pub mod model;
+pub mod store;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `kiln` binary: daemon and CLI. All logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    kiln::cli::main()
+}

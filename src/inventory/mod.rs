@@ -4,8 +4,8 @@
 mod bifrost;
 mod fields;
 mod kiln_format;
-mod reader;
-mod tree;
+pub(crate) mod reader;
+pub(crate) mod tree;
 mod unique;
 
 use crate::model::NodeSpec;

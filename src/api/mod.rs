@@ -1,0 +1,104 @@
+//! The REST API under `/v1` (axum): nodes, provision verbs, history, enrollment; bearer-token auth.
+
+mod auth;
+mod error;
+
+pub use auth::{load_or_create_token, TOKEN_FILE};
+pub use error::ApiError;
+
+use crate::conductor::Conductor;
+use crate::inventory;
+use crate::model::{Node, Verb};
+use crate::store::{EnrollReport, HistoryEntry};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router, middleware};
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub conductor: Conductor,
+    pub token: Arc<str>,
+}
+
+/// Builds the router; the caller binds the listener (tests use port 0).
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{name}", get(show_node).delete(delete_node))
+        .route("/nodes/{name}/history", get(node_history))
+        .route("/nodes/{name}/states/provision", put(set_provision_state))
+        .route("/nodes/{name}/states/power", get(power_unavailable).put(power_unavailable))
+        .route("/nodes/{name}/states/boot_device", get(power_unavailable).put(power_unavailable))
+        .route("/inventory", axum::routing::post(enroll))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(middleware::from_fn(auth::log_request))
+        .with_state(state)
+}
+
+async fn list_nodes(State(state): State<ApiState>) -> Result<Json<Vec<Node>>, ApiError> {
+    Ok(Json(state.conductor.store().list_nodes().await?))
+}
+
+async fn show_node(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Node>, ApiError> {
+    Ok(Json(state.conductor.store().node(&name).await?))
+}
+
+async fn delete_node(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.conductor.store().delete_node(&name).await?;
+    tracing::info!(node = %name, "node deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn node_history(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    Ok(Json(state.conductor.store().history(&name).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvisionRequest {
+    target: String,
+}
+
+async fn set_provision_state(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Json(request): Json<ProvisionRequest>,
+) -> Result<(StatusCode, Json<Node>), ApiError> {
+    let verb: Verb = request.target.parse().map_err(ApiError::BadRequest)?;
+    let node = state.conductor.request(&name, verb).await?;
+    Ok((StatusCode::ACCEPTED, Json(node)))
+}
+
+async fn power_unavailable(Path(name): Path<String>) -> ApiError {
+    ApiError::NotImplemented(format!("node '{name}': no BMC driver is configured on this conductor"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    /// The file name, used in error messages.
+    file: String,
+    content: String,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn enroll(State(state): State<ApiState>, Json(request): Json<EnrollRequest>) -> Result<Json<EnrollReport>, ApiError> {
+    let inventory = inventory::parse(&request.file, &request.content).map_err(ApiError::InvalidInventory)?;
+    let report = state.conductor.store().enroll(&inventory.nodes, request.dry_run).await?;
+    tracing::info!(
+        file = %request.file,
+        dry_run = request.dry_run,
+        created = report.created.len(),
+        updated = report.updated.len(),
+        unchanged = report.unchanged.len(),
+        "inventory enrolled"
+    );
+    Ok(Json(report))
+}

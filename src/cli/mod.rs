@@ -1,0 +1,258 @@
+//! The `kiln` command line: the daemon (`serve`) and a client for it in the `baremetal`/kolla style.
+
+mod client;
+pub mod config;
+mod output;
+mod serve;
+
+use crate::model::Verb;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use client::{Client, ClientError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about = "Kiln: bare-metal provisioning appliance")]
+pub struct Cli {
+    /// Configuration file (YAML; see examples/kiln.yaml).
+    #[arg(long, global = true, env = "KILN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (database, API token, daemon address). Default /var/lib/kiln.
+    #[arg(long, global = true, env = "KILN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Daemon API base URL. Default: the address the daemon wrote into the data directory.
+    #[arg(long, global = true, env = "KILN_API_URL")]
+    api_url: Option<String>,
+    /// API bearer token. Default: read from the data directory.
+    #[arg(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, env = "KILN_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter (error, warn, info, debug, or tracing directives).
+    #[arg(long, global = true, env = "KILN_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the Kiln daemon (API and conductor).
+    Serve {
+        /// Listen address. Default 127.0.0.1:6385.
+        #[arg(long, env = "KILN_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+        /// Database URL (sqlite://… or postgres://…). Default: SQLite in the data directory.
+        #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Enroll (or update) the nodes of an inventory file, all or nothing.
+    Enroll {
+        file: PathBuf,
+        /// Validate and report what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Offline inventory tools.
+    Inventory {
+        #[command(subcommand)]
+        command: InventoryCommand,
+    },
+    /// Inspect and drive nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum InventoryCommand {
+    /// Validate an inventory file without a daemon; exit 1 with every error if invalid.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// List nodes.
+    List,
+    /// Show one node.
+    Show { name: String },
+    /// Show a node's provision-state timeline.
+    History { name: String },
+    /// Delete node records (enroll, manageable, available, clean-failed or error only).
+    Delete { names: Vec<String> },
+    /// enroll → verifying → manageable (also available/clean-failed → manageable).
+    Manage { names: Vec<String> },
+    /// manageable → cleaning → available.
+    Provide { names: Vec<String> },
+    /// available (or deploy-failed) → deploying → … → active.
+    Deploy { names: Vec<String> },
+    /// active (or deploy-failed) → deploying again.
+    Rebuild { names: Vec<String> },
+    /// active/deploy-failed/error → deleting → cleaning → available.
+    Undeploy { names: Vec<String> },
+    /// Stop a deploy, clean or verification that is waiting.
+    Abort { names: Vec<String> },
+    /// manageable → cleaning → manageable.
+    Clean { names: Vec<String> },
+}
+
+pub fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if let Some(ClientError::Api { details, .. }) = err.downcast_ref::<ClientError>() {
+                for detail in details {
+                    eprintln!("  {detail}");
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Settings after merging flags, environment and the config file.
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub api_url: Option<String>,
+    pub token: Option<String>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub file: config::ConfigFile,
+}
+
+fn settings(cli: &Cli) -> Result<Settings> {
+    let file = match &cli.config {
+        Some(path) => config::load(path).map_err(|errors| {
+            anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        })?,
+        None => config::ConfigFile::default(),
+    };
+    let log_format = match (cli.log_format, file.log_format.as_deref()) {
+        (Some(format), _) => format,
+        (None, Some("json")) => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    Ok(Settings {
+        data_dir: cli.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/kiln")),
+        api_url: cli.api_url.clone().or(file.api_url.clone()),
+        token: cli.token.clone(),
+        log_format,
+        log_level: cli.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into()),
+        file,
+    })
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let settings = settings(&cli)?;
+    match cli.command {
+        Command::Serve { listen, database_url } => {
+            serve::run(&settings, listen, database_url).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inventory { command: InventoryCommand::Check { file } } => Ok(output::inventory_check(&file, cli.json)),
+        Command::Enroll { file, dry_run } => {
+            let content = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let body = serde_json::json!({"file": file.display().to_string(), "content": content, "dry_run": dry_run});
+            let report: crate::store::EnrollReport = client(&settings)?.post("/inventory", &body).await?;
+            output::enroll_report(&report, dry_run, cli.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node { command } => node_command(&settings, command, cli.json).await,
+    }
+}
+
+async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> Result<ExitCode> {
+    let client = client(settings)?;
+    let (verb, names) = match command {
+        NodeCommand::List => {
+            let nodes: Vec<serde_json::Value> = client.get("/nodes").await?;
+            output::node_list(&nodes, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::Show { name } => {
+            let node: serde_json::Value = client.get(&format!("/nodes/{name}")).await?;
+            output::node_show(&node, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::History { name } => {
+            let entries: Vec<serde_json::Value> = client.get(&format!("/nodes/{name}/history")).await?;
+            output::history(&entries, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::Delete { names } => {
+            let mut failed = false;
+            for name in &names {
+                match client.delete(&format!("/nodes/{name}")).await {
+                    Ok(()) => println!("{name}: deleted"),
+                    Err(err) => {
+                        eprintln!("{name}: {err}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+        }
+        NodeCommand::Manage { names } => (Verb::Manage, names),
+        NodeCommand::Provide { names } => (Verb::Provide, names),
+        NodeCommand::Deploy { names } => (Verb::Deploy, names),
+        NodeCommand::Rebuild { names } => (Verb::Rebuild, names),
+        NodeCommand::Undeploy { names } => (Verb::Undeploy, names),
+        NodeCommand::Abort { names } => (Verb::Abort, names),
+        NodeCommand::Clean { names } => (Verb::Clean, names),
+    };
+    if names.is_empty() {
+        bail!("name at least one node");
+    }
+    let mut failed = false;
+    for name in &names {
+        let body = serde_json::json!({"target": verb.as_str()});
+        match client.put::<_, serde_json::Value>(&format!("/nodes/{name}/states/provision"), &body).await {
+            Ok(node) => println!("{name}: {verb} accepted, now {}", node["provision_state"].as_str().unwrap_or("?")),
+            Err(err) => {
+                eprintln!("{name}: {err}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn client(settings: &Settings) -> Result<Client> {
+    let url = match &settings.api_url {
+        Some(url) => url.clone(),
+        None => std::fs::read_to_string(settings.data_dir.join(serve::API_URL_FILE))
+            .map(|url| url.trim().to_string())
+            .with_context(|| {
+                format!("no --api-url given and no running daemon recorded in {}", settings.data_dir.display())
+            })?,
+    };
+    let token = match &settings.token {
+        Some(token) => token.clone(),
+        None => std::fs::read_to_string(settings.data_dir.join(crate::api::TOKEN_FILE))
+            .map(|token| token.trim().to_string())
+            .with_context(|| format!("no --token given and cannot read the token in {}", settings.data_dir.display()))?,
+    };
+    Ok(Client::new(&url, token))
+}

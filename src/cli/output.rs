@@ -1,0 +1,165 @@
+//! How the CLI prints: tables for people, JSON for scripts.
+
+use crate::inventory;
+use crate::store::EnrollReport;
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use serde_json::Value;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn inventory_check(file: &Path, json: bool) -> ExitCode {
+    match inventory::load(file) {
+        Ok(inventory) => {
+            if json {
+                println!("{}", serde_json::json!({"valid": true, "format": inventory.format, "nodes": inventory.nodes.len()}));
+            } else {
+                println!("{}: valid {:?} inventory, {} node(s)", file.display(), inventory.format, inventory.nodes.len());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            if json {
+                println!("{}", serde_json::json!({"valid": false, "errors": errors}));
+            } else {
+                for error in &errors {
+                    eprintln!("{error}");
+                }
+                eprintln!("{}: {} error(s)", file.display(), errors.len());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn enroll_report(report: &EnrollReport, dry_run: bool, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        return;
+    }
+    let verb = if dry_run { "would be " } else { "" };
+    for name in &report.created {
+        println!("{name}: {verb}enrolled");
+    }
+    for change in &report.updated {
+        println!("{}: {verb}updated ({})", change.name, change.fields.join(", "));
+    }
+    for name in &report.unchanged {
+        println!("{name}: unchanged");
+    }
+    println!(
+        "{} created, {} updated, {} unchanged{}",
+        report.created.len(),
+        report.updated.len(),
+        report.unchanged.len(),
+        if dry_run { " (dry run: nothing was changed)" } else { "" }
+    );
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn node_list(nodes: &[Value], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(nodes).unwrap_or_default());
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["Name", "UUID", "BMC", "Provision state", "Target", "Services", "Last error"]);
+    for node in nodes {
+        let spec = &node["spec"];
+        table.add_row([
+            text(&spec["name"]),
+            text(&node["uuid"]),
+            format!("{} {}", text(&spec["bmc"]["kind"]), text(&spec["bmc"]["address"])),
+            text(&node["provision_state"]),
+            text(&node["target_provision_state"]),
+            text(&node["services_status"]),
+            text(&node["last_error"]),
+        ]);
+    }
+    println!("{table}");
+}
+
+pub fn node_show(node: &Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(node).unwrap_or_default());
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["Field", "Value"]);
+    let spec = &node["spec"];
+    let rows = [
+        ("name", text(&spec["name"])),
+        ("uuid", text(&node["uuid"])),
+        ("provision_state", text(&node["provision_state"])),
+        ("target_provision_state", text(&node["target_provision_state"])),
+        ("services_status", text(&node["services_status"])),
+        ("last_error", text(&node["last_error"])),
+        ("bmc", text(&spec["bmc"])),
+        ("nics", text(&spec["nics"])),
+        ("boot_mode", text(&spec["boot_mode"])),
+        ("properties", text(&spec["properties"])),
+        ("network", text(&spec["network"])),
+        ("image", text(&spec["image"])),
+        ("roles", text(&spec["roles"])),
+        ("groups", text(&spec["groups"])),
+    ];
+    for (field, value) in rows {
+        table.add_row([field.to_string(), value]);
+    }
+    println!("{table}");
+}
+
+pub fn history(entries: &[Value], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries).unwrap_or_default());
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["Time (UTC)", "From", "To", "Input", "Reason"]);
+    for entry in entries {
+        let at = entry["at"].as_i64().unwrap_or_default();
+        table.add_row([format_ms(at), text(&entry["from"]), text(&entry["to"]), text(&entry["input"]), text(&entry["reason"])]);
+    }
+    println!("{table}");
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm` (UTC), without a date crate.
+fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times() {
+        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00.000");
+        assert_eq!(super::format_ms(1_795_000_000_123), "2026-11-18 08:26:40.123");
+    }
+}

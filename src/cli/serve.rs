@@ -1,0 +1,84 @@
+//! `kiln serve`: wires the store, the conductor and the API, and shuts them down cleanly.
+
+use super::{LogFormat, Settings};
+use crate::api::{self, ApiState};
+use crate::conductor::{BasicProvisioner, Conductor};
+use crate::store::Store;
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// File in the data directory holding the URL the daemon listens on (so the CLI finds it).
+pub const API_URL_FILE: &str = "api-url";
+
+pub fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub async fn run(settings: &Settings, listen: Option<SocketAddr>, database_url: Option<String>) -> Result<()> {
+    init_logging(settings);
+    let data_dir = &settings.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
+    let token = api::load_or_create_token(data_dir).context("cannot create the API token")?;
+
+    let store = match database_url.or(settings.file.database_url.clone()) {
+        Some(url) => Store::connect(&url).await,
+        None => Store::open_in(data_dir).await,
+    }
+    .context("cannot open the database")?;
+    tracing::info!(dialect = ?store.dialect(), "database ready");
+
+    let conductor = Conductor::new(store.clone(), Arc::new(BasicProvisioner));
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(conductor.clone().run(shutdown.clone()));
+
+    let listen = listen.or(settings.file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6385)));
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr().context("cannot read the bound address")?;
+    std::fs::write(data_dir.join(API_URL_FILE), format!("http://{bound}\n")).context("cannot record the API address")?;
+    tracing::info!(address = %bound, "kiln API listening");
+
+    let app = api::router(ApiState { conductor, token: token.into() });
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            stop.cancel();
+        })
+        .await
+        .context("API server failed")?;
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    store.close().await;
+    tracing::info!("kiln stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
