@@ -26,20 +26,31 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
     writeln!(file, "{token}")?;
     Ok(token)
 }
 
 /// Rejects requests without `Authorization: Bearer <token>`.
-pub async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     match presented {
-        Some(token) if constant_time_eq(token.trim().as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        Some(token) if constant_time_eq(token.trim().as_bytes(), state.token.as_bytes()) => {
+            next.run(request).await
+        }
         _ => ApiError::Unauthorized.into_response(),
     }
 }

@@ -68,7 +68,8 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let mut body = json!({"error": {"code": code, "message": self.to_string()}});
         if let Self::InvalidInventory(errors) = &self {
-            body["error"]["details"] = json!(errors.iter().map(ToString::to_string).collect::<Vec<_>>());
+            body["error"]["details"] =
+                json!(errors.iter().map(ToString::to_string).collect::<Vec<_>>());
             body["error"]["errors"] = json!(errors);
         }
         (status, Json(body)).into_response()

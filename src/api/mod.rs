@@ -3,7 +3,7 @@
 mod auth;
 mod error;
 
-pub use auth::{load_or_create_token, TOKEN_FILE};
+pub use auth::{TOKEN_FILE, load_or_create_token};
 pub use error::ApiError;
 
 use crate::conductor::Conductor;
@@ -30,10 +30,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/nodes/{name}", get(show_node).delete(delete_node))
         .route("/nodes/{name}/history", get(node_history))
         .route("/nodes/{name}/states/provision", put(set_provision_state))
-        .route("/nodes/{name}/states/power", get(power_unavailable).put(power_unavailable))
-        .route("/nodes/{name}/states/boot_device", get(power_unavailable).put(power_unavailable))
+        .route(
+            "/nodes/{name}/states/power",
+            get(power_unavailable).put(power_unavailable),
+        )
+        .route(
+            "/nodes/{name}/states/boot_device",
+            get(power_unavailable).put(power_unavailable),
+        )
         .route("/inventory", axum::routing::post(enroll))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(|| async { "ok" }))
@@ -45,17 +54,26 @@ async fn list_nodes(State(state): State<ApiState>) -> Result<Json<Vec<Node>>, Ap
     Ok(Json(state.conductor.store().list_nodes().await?))
 }
 
-async fn show_node(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Node>, ApiError> {
+async fn show_node(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Node>, ApiError> {
     Ok(Json(state.conductor.store().node(&name).await?))
 }
 
-async fn delete_node(State(state): State<ApiState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_node(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.conductor.store().delete_node(&name).await?;
     tracing::info!(node = %name, "node deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn node_history(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+async fn node_history(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     Ok(Json(state.conductor.store().history(&name).await?))
 }
 
@@ -76,7 +94,9 @@ async fn set_provision_state(
 }
 
 async fn power_unavailable(Path(name): Path<String>) -> ApiError {
-    ApiError::NotImplemented(format!("node '{name}': no BMC driver is configured on this conductor"))
+    ApiError::NotImplemented(format!(
+        "node '{name}': no BMC driver is configured on this conductor"
+    ))
 }
 
 #[derive(Deserialize)]
@@ -89,9 +109,17 @@ struct EnrollRequest {
     dry_run: bool,
 }
 
-async fn enroll(State(state): State<ApiState>, Json(request): Json<EnrollRequest>) -> Result<Json<EnrollReport>, ApiError> {
-    let inventory = inventory::parse(&request.file, &request.content).map_err(ApiError::InvalidInventory)?;
-    let report = state.conductor.store().enroll(&inventory.nodes, request.dry_run).await?;
+async fn enroll(
+    State(state): State<ApiState>,
+    Json(request): Json<EnrollRequest>,
+) -> Result<Json<EnrollReport>, ApiError> {
+    let inventory =
+        inventory::parse(&request.file, &request.content).map_err(ApiError::InvalidInventory)?;
+    let report = state
+        .conductor
+        .store()
+        .enroll(&inventory.nodes, request.dry_run)
+        .await?;
     tracing::info!(
         file = %request.file,
         dry_run = request.dry_run,

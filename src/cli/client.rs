@@ -13,7 +13,12 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     #[error("{message}")]
-    Api { status: u16, code: String, message: String, details: Vec<String> },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        details: Vec<String>,
+    },
     #[error("unexpected reply from the daemon")]
     Decode(#[source] reqwest::Error),
 }
@@ -26,35 +31,55 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: String) -> Self {
-        Self { http: reqwest::Client::new(), base: base.trim_end_matches('/').to_string(), token }
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.send(self.http.get(self.url(path))).await
     }
 
-    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.send(self.http.put(self.url(path)).json(body)).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.send::<Value>(self.http.delete(self.url(path))).await.map(|_| ())
+        self.send::<Value>(self.http.delete(self.url(path)))
+            .await
+            .map(|_| ())
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}/v1{path}", self.base)
     }
 
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let response = request
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Unreachable { url: self.base.clone(), source })?;
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         let status = response.status();
         if status.is_success() {
             if status == reqwest::StatusCode::NO_CONTENT {
@@ -72,10 +97,18 @@ impl Client {
         Err(ClientError::Api {
             status: status.as_u16(),
             code: error["code"].as_str().unwrap_or("unknown").to_string(),
-            message: error["message"].as_str().unwrap_or("request failed").to_string(),
+            message: error["message"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string(),
             details: error["details"]
                 .as_array()
-                .map(|items| items.iter().filter_map(|i| i.as_str().map(String::from)).collect())
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     }

@@ -17,12 +17,25 @@ pub struct ConfigFile {
     pub log_level: Option<String>,
 }
 
-const KEYS: &[&str] = &["data_dir", "database_url", "listen", "api_url", "log_format", "log_level"];
+const KEYS: &[&str] = &[
+    "data_dir",
+    "database_url",
+    "listen",
+    "api_url",
+    "log_format",
+    "log_level",
+];
 
 pub fn load(path: &Path) -> Result<ConfigFile, Vec<InventoryError>> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| vec![InventoryError::new(&name, Default::default(), "", format!("cannot read file: {err}"))])?;
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        vec![InventoryError::new(
+            &name,
+            Default::default(),
+            "",
+            format!("cannot read file: {err}"),
+        )]
+    })?;
     parse(&name, &text)
 }
 
@@ -37,21 +50,27 @@ pub fn parse(file: &str, text: &str) -> Result<ConfigFile, Vec<InventoryError>> 
         config.api_url = text_of("api_url");
         config.log_format = text_of("log_format");
         config.log_level = text_of("log_level");
-        if let Some(node) = map.get("listen") {
-            if let Some(text) = reader.text(node, "listen") {
+        if let Some(node) = map.get("listen")
+            && let Some(text) = reader.text(node, "listen") {
                 match text.parse() {
                     Ok(addr) => config.listen = Some(addr),
-                    Err(_) => reader.error(node.pos, "listen", format!("'{text}' is not an address:port")),
+                    Err(_) => reader.error(
+                        node.pos,
+                        "listen",
+                        format!("'{text}' is not an address:port"),
+                    ),
                 }
             }
-        }
-        if let (Some(format), Some(node)) = (&config.log_format, map.get("log_format")) {
-            if format != "text" && format != "json" {
+        if let (Some(format), Some(node)) = (&config.log_format, map.get("log_format"))
+            && format != "text" && format != "json" {
                 reader.error(node.pos, "log_format", "use text or json");
             }
-        }
     }
-    if reader.errors.is_empty() { Ok(config) } else { Err(reader.errors) }
+    if reader.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(reader.errors)
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +89,15 @@ mod tests {
         let errors = parse("k.yaml", "listen: nowhere\nlog_fromat: json\n").unwrap_err();
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(shown.len(), 2, "{shown:?}");
-        assert!(shown.iter().any(|e| e.starts_with("k.yaml:1:9: listen:")), "{shown:?}");
-        assert!(shown.iter().any(|e| e.starts_with("k.yaml:2:1: log_fromat:")), "{shown:?}");
+        assert!(
+            shown.iter().any(|e| e.starts_with("k.yaml:1:9: listen:")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.starts_with("k.yaml:2:1: log_fromat:")),
+            "{shown:?}"
+        );
     }
 }

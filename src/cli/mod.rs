@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Kiln: bare-metal provisioning appliance")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: bare-metal provisioning appliance"
+)]
 pub struct Cli {
     /// Configuration file (YAML; see examples/kiln.yaml).
     #[arg(long, global = true, env = "KILN_CONFIG")]
@@ -145,7 +149,13 @@ pub struct Settings {
 fn settings(cli: &Cli) -> Result<Settings> {
     let file = match &cli.config {
         Some(path) => config::load(path).map_err(|errors| {
-            anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+            anyhow::anyhow!(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
         })?,
         None => config::ConfigFile::default(),
     };
@@ -155,11 +165,19 @@ fn settings(cli: &Cli) -> Result<Settings> {
         _ => LogFormat::Text,
     };
     Ok(Settings {
-        data_dir: cli.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("/var/lib/kiln")),
+        data_dir: cli
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("/var/lib/kiln")),
         api_url: cli.api_url.clone().or(file.api_url.clone()),
         token: cli.token.clone(),
         log_format,
-        log_level: cli.log_level.clone().or(file.log_level.clone()).unwrap_or_else(|| "info".into()),
+        log_level: cli
+            .log_level
+            .clone()
+            .or(file.log_level.clone())
+            .unwrap_or_else(|| "info".into()),
         file,
     })
 }
@@ -167,15 +185,22 @@ fn settings(cli: &Cli) -> Result<Settings> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let settings = settings(&cli)?;
     match cli.command {
-        Command::Serve { listen, database_url } => {
+        Command::Serve {
+            listen,
+            database_url,
+        } => {
             serve::run(&settings, listen, database_url).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inventory { command: InventoryCommand::Check { file } } => Ok(output::inventory_check(&file, cli.json)),
+        Command::Inventory {
+            command: InventoryCommand::Check { file },
+        } => Ok(output::inventory_check(&file, cli.json)),
         Command::Enroll { file, dry_run } => {
-            let content = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let content = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let body = serde_json::json!({"file": file.display().to_string(), "content": content, "dry_run": dry_run});
-            let report: crate::store::EnrollReport = client(&settings)?.post("/inventory", &body).await?;
+            let report: crate::store::EnrollReport =
+                client(&settings)?.post("/inventory", &body).await?;
             output::enroll_report(&report, dry_run, cli.json);
             Ok(ExitCode::SUCCESS)
         }
@@ -197,7 +222,8 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
             return Ok(ExitCode::SUCCESS);
         }
         NodeCommand::History { name } => {
-            let entries: Vec<serde_json::Value> = client.get(&format!("/nodes/{name}/history")).await?;
+            let entries: Vec<serde_json::Value> =
+                client.get(&format!("/nodes/{name}/history")).await?;
             output::history(&entries, json);
             return Ok(ExitCode::SUCCESS);
         }
@@ -212,7 +238,11 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
                     }
                 }
             }
-            return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            return Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         NodeCommand::Manage { names } => (Verb::Manage, names),
         NodeCommand::Provide { names } => (Verb::Provide, names),
@@ -228,15 +258,25 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
     let mut failed = false;
     for name in &names {
         let body = serde_json::json!({"target": verb.as_str()});
-        match client.put::<_, serde_json::Value>(&format!("/nodes/{name}/states/provision"), &body).await {
-            Ok(node) => println!("{name}: {verb} accepted, now {}", node["provision_state"].as_str().unwrap_or("?")),
+        match client
+            .put::<_, serde_json::Value>(&format!("/nodes/{name}/states/provision"), &body)
+            .await
+        {
+            Ok(node) => println!(
+                "{name}: {verb} accepted, now {}",
+                node["provision_state"].as_str().unwrap_or("?")
+            ),
             Err(err) => {
                 eprintln!("{name}: {err}");
                 failed = true;
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn client(settings: &Settings) -> Result<Client> {
@@ -245,14 +285,22 @@ fn client(settings: &Settings) -> Result<Client> {
         None => std::fs::read_to_string(settings.data_dir.join(serve::API_URL_FILE))
             .map(|url| url.trim().to_string())
             .with_context(|| {
-                format!("no --api-url given and no running daemon recorded in {}", settings.data_dir.display())
+                format!(
+                    "no --api-url given and no running daemon recorded in {}",
+                    settings.data_dir.display()
+                )
             })?,
     };
     let token = match &settings.token {
         Some(token) => token.clone(),
         None => std::fs::read_to_string(settings.data_dir.join(crate::api::TOKEN_FILE))
             .map(|token| token.trim().to_string())
-            .with_context(|| format!("no --token given and cannot read the token in {}", settings.data_dir.display()))?,
+            .with_context(|| {
+                format!(
+                    "no --token given and cannot read the token in {}",
+                    settings.data_dir.display()
+                )
+            })?,
     };
     Ok(Client::new(&url, token))
 }

@@ -11,9 +11,17 @@ pub fn inventory_check(file: &Path, json: bool) -> ExitCode {
     match inventory::load(file) {
         Ok(inventory) => {
             if json {
-                println!("{}", serde_json::json!({"valid": true, "format": inventory.format, "nodes": inventory.nodes.len()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "format": inventory.format, "nodes": inventory.nodes.len()})
+                );
             } else {
-                println!("{}: valid {:?} inventory, {} node(s)", file.display(), inventory.format, inventory.nodes.len());
+                println!(
+                    "{}: valid {:?} inventory, {} node(s)",
+                    file.display(),
+                    inventory.format,
+                    inventory.nodes.len()
+                );
             }
             ExitCode::SUCCESS
         }
@@ -33,7 +41,10 @@ pub fn inventory_check(file: &Path, json: bool) -> ExitCode {
 
 pub fn enroll_report(report: &EnrollReport, dry_run: bool, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
         return;
     }
     let verb = if dry_run { "would be " } else { "" };
@@ -41,7 +52,11 @@ pub fn enroll_report(report: &EnrollReport, dry_run: bool, json: bool) {
         println!("{name}: {verb}enrolled");
     }
     for change in &report.updated {
-        println!("{}: {verb}updated ({})", change.name, change.fields.join(", "));
+        println!(
+            "{}: {verb}updated ({})",
+            change.name,
+            change.fields.join(", ")
+        );
     }
     for name in &report.unchanged {
         println!("{name}: unchanged");
@@ -51,7 +66,11 @@ pub fn enroll_report(report: &EnrollReport, dry_run: bool, json: bool) {
         report.created.len(),
         report.updated.len(),
         report.unchanged.len(),
-        if dry_run { " (dry run: nothing was changed)" } else { "" }
+        if dry_run {
+            " (dry run: nothing was changed)"
+        } else {
+            ""
+        }
     );
 }
 
@@ -65,18 +84,33 @@ fn text(value: &Value) -> String {
 
 pub fn node_list(nodes: &[Value], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(nodes).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(nodes).unwrap_or_default()
+        );
         return;
     }
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["Name", "UUID", "BMC", "Provision state", "Target", "Services", "Last error"]);
+    table.set_header([
+        "Name",
+        "UUID",
+        "BMC",
+        "Provision state",
+        "Target",
+        "Services",
+        "Last error",
+    ]);
     for node in nodes {
         let spec = &node["spec"];
         table.add_row([
             text(&spec["name"]),
             text(&node["uuid"]),
-            format!("{} {}", text(&spec["bmc"]["kind"]), text(&spec["bmc"]["address"])),
+            format!(
+                "{} {}",
+                text(&spec["bmc"]["kind"]),
+                text(&spec["bmc"]["address"])
+            ),
             text(&node["provision_state"]),
             text(&node["target_provision_state"]),
             text(&node["services_status"]),
@@ -99,7 +133,10 @@ pub fn node_show(node: &Value, json: bool) {
         ("name", text(&spec["name"])),
         ("uuid", text(&node["uuid"])),
         ("provision_state", text(&node["provision_state"])),
-        ("target_provision_state", text(&node["target_provision_state"])),
+        (
+            "target_provision_state",
+            text(&node["target_provision_state"]),
+        ),
         ("services_status", text(&node["services_status"])),
         ("last_error", text(&node["last_error"])),
         ("bmc", text(&spec["bmc"])),
@@ -119,7 +156,10 @@ pub fn node_show(node: &Value, json: bool) {
 
 pub fn history(entries: &[Value], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(entries).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(entries).unwrap_or_default()
+        );
         return;
     }
     let mut table = Table::new();
@@ -127,7 +167,13 @@ pub fn history(entries: &[Value], json: bool) {
     table.set_header(["Time (UTC)", "From", "To", "Input", "Reason"]);
     for entry in entries {
         let at = entry["at"].as_i64().unwrap_or_default();
-        table.add_row([format_ms(at), text(&entry["from"]), text(&entry["to"]), text(&entry["input"]), text(&entry["reason"])]);
+        table.add_row([
+            format_ms(at),
+            text(&entry["from"]),
+            text(&entry["to"]),
+            text(&entry["input"]),
+            text(&entry["reason"]),
+        ]);
     }
     println!("{table}");
 }
@@ -160,6 +206,9 @@ mod tests {
     #[test]
     fn formats_times() {
         assert_eq!(super::format_ms(0), "1970-01-01 00:00:00.000");
-        assert_eq!(super::format_ms(1_795_000_000_123), "2026-11-18 08:26:40.123");
+        assert_eq!(
+            super::format_ms(1_795_000_000_123),
+            "2026-11-18 08:26:40.123"
+        );
     }
 }

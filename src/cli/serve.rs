@@ -26,10 +26,15 @@ pub fn init_logging(settings: &Settings) {
     };
 }
 
-pub async fn run(settings: &Settings, listen: Option<SocketAddr>, database_url: Option<String>) -> Result<()> {
+pub async fn run(
+    settings: &Settings,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+) -> Result<()> {
     init_logging(settings);
     let data_dir = &settings.data_dir;
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot restrict {}", data_dir.display()))?;
     let token = api::load_or_create_token(data_dir).context("cannot create the API token")?;
@@ -46,13 +51,23 @@ pub async fn run(settings: &Settings, listen: Option<SocketAddr>, database_url: 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(conductor.clone().run(shutdown.clone()));
 
-    let listen = listen.or(settings.file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6385)));
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let bound = listener.local_addr().context("cannot read the bound address")?;
-    std::fs::write(data_dir.join(API_URL_FILE), format!("http://{bound}\n")).context("cannot record the API address")?;
+    let listen = listen
+        .or(settings.file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6385)));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    std::fs::write(data_dir.join(API_URL_FILE), format!("http://{bound}\n"))
+        .context("cannot record the API address")?;
     tracing::info!(address = %bound, "kiln API listening");
 
-    let app = api::router(ApiState { conductor, token: token.into() });
+    let app = api::router(ApiState {
+        conductor,
+        token: token.into(),
+    });
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

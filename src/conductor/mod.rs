@@ -34,7 +34,12 @@ pub struct Conductor {
 
 impl Conductor {
     pub fn new(store: Store, provisioner: Arc<dyn Provisioner>) -> Self {
-        Self { store, provisioner, wake: Arc::new(Notify::new()), tick: Duration::from_secs(1) }
+        Self {
+            store,
+            provisioner,
+            wake: Arc::new(Notify::new()),
+            tick: Duration::from_secs(1),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -48,7 +53,10 @@ impl Conductor {
         let input = Input::Verb(verb);
         let step = next(node.provision_state, node.target_provision_state, input)?;
         let reason = format!("operator requested {verb}");
-        let node = self.store.record_transition(&node, step, input, &reason, None).await?;
+        let node = self
+            .store
+            .record_transition(&node, step, input, &reason, None)
+            .await?;
         tracing::info!(node = %node.spec.name, from = %from, to = %step.to, %verb, "provision state changed");
         self.wake.notify_one();
         Ok(node)
@@ -74,7 +82,11 @@ impl Conductor {
             };
             let input = Input::Event(event);
             let step = next(node.provision_state, node.target_provision_state, input)?;
-            match self.store.record_transition(&node, step, input, &reason, error.as_deref()).await {
+            match self
+                .store
+                .record_transition(&node, step, input, &reason, error.as_deref())
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(node = %node.spec.name, from = %node.provision_state, to = %step.to, %reason, "provision state changed");
                     moved += 1;

@@ -35,17 +35,27 @@ impl Provisioner for BasicProvisioner {
         match node.provision_state {
             ProvisionState::Verifying => {
                 if node.spec.bmc.username.is_empty() || node.spec.bmc.password.is_empty() {
-                    Outcome::Failed { reason: "BMC credentials are incomplete".into() }
+                    Outcome::Failed {
+                        reason: "BMC credentials are incomplete".into(),
+                    }
                 } else {
-                    Outcome::Done { reason: "BMC credentials present".into() }
+                    Outcome::Done {
+                        reason: "BMC credentials present".into(),
+                    }
                 }
             }
-            ProvisionState::Cleaning => Outcome::Done { reason: "no clean steps configured".into() },
-            ProvisionState::Deleting => Outcome::Done { reason: "nothing deployed to tear down".into() },
-            ProvisionState::Deploying | ProvisionState::WaitCallback => {
-                Outcome::Wait { reason: "no deploy driver configured on this conductor".into() }
-            }
-            _ => Outcome::Wait { reason: "nothing to do".into() },
+            ProvisionState::Cleaning => Outcome::Done {
+                reason: "no clean steps configured".into(),
+            },
+            ProvisionState::Deleting => Outcome::Done {
+                reason: "nothing deployed to tear down".into(),
+            },
+            ProvisionState::Deploying | ProvisionState::WaitCallback => Outcome::Wait {
+                reason: "no deploy driver configured on this conductor".into(),
+            },
+            _ => Outcome::Wait {
+                reason: "nothing to do".into(),
+            },
         }
     }
 }

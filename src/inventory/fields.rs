@@ -10,7 +10,10 @@ pub fn checksum(reader: &mut Reader, node: &Node, path: &str) -> Option<ImageChe
     let text = reader.text(node, path)?.trim().to_string();
     if text.starts_with("http://") || text.starts_with("https://") {
         reader.url(node, path, &["http", "https"])?;
-        return Some(ImageChecksum { algorithm: "url".into(), digest: text });
+        return Some(ImageChecksum {
+            algorithm: "url".into(),
+            digest: text,
+        });
     }
     let (algorithm, digest) = match text.split_once(':') {
         Some((algorithm, digest)) => (algorithm.to_ascii_lowercase(), digest.to_ascii_lowercase()),
@@ -34,7 +37,11 @@ pub fn checksum(reader: &mut Reader, node: &Node, path: &str) -> Option<ImageChe
         }
     };
     if digest.len() != expected_len || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        reader.error(node.pos, path, format!("a {algorithm} checksum is {expected_len} hex digits"));
+        reader.error(
+            node.pos,
+            path,
+            format!("a {algorithm} checksum is {expected_len} hex digits"),
+        );
         return None;
     }
     Some(ImageChecksum { algorithm, digest })
@@ -48,9 +55,14 @@ pub fn ssh_keys(reader: &mut Reader, node: &Node, path: &str) -> Option<Vec<Stri
         let mut words = key.split_whitespace();
         let kind = words.next().unwrap_or("");
         let body = words.next().unwrap_or("");
-        let known = kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
+        let known =
+            kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
         if !known || body.len() < 16 {
-            reader.error(node.pos, &format!("{path}[{index}]"), "not an OpenSSH public key (expected 'ssh-ed25519 AAAA… comment')");
+            reader.error(
+                node.pos,
+                &format!("{path}[{index}]"),
+                "not an OpenSSH public key (expected 'ssh-ed25519 AAAA… comment')",
+            );
             ok = false;
         }
     }
@@ -59,7 +71,12 @@ pub fn ssh_keys(reader: &mut Reader, node: &Node, path: &str) -> Option<Vec<Stri
 
 /// A Redfish base URL: `https://host[:port]` (or http), or a bare host that gets `https://`.
 /// Returns the normalised base URL and its port.
-pub fn redfish_endpoint(reader: &mut Reader, node: &Node, path: &str, port: Option<u16>) -> Option<(String, u16)> {
+pub fn redfish_endpoint(
+    reader: &mut Reader,
+    node: &Node,
+    path: &str,
+    port: Option<u16>,
+) -> Option<(String, u16)> {
     let text = reader.text(node, path)?.trim().to_string();
     if text.contains("://") {
         let url = reader.url(node, path, &["http", "https"])?;

@@ -84,14 +84,25 @@ pub fn load(path: &Path) -> Result<Inventory, Vec<InventoryError>> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => parse(&name, &text),
-        Err(err) => Err(vec![InventoryError::new(&name, Pos::default(), "", format!("cannot read file: {err}"))]),
+        Err(err) => Err(vec![InventoryError::new(
+            &name,
+            Pos::default(),
+            "",
+            format!("cannot read file: {err}"),
+        )]),
     }
 }
 
 /// Kiln files have a top-level `nodes` list; Bifrost files are a mapping of node name to node.
 fn detect(root: &tree::Node) -> Format {
     match &root.value {
-        tree::Value::Map(entries) if entries.iter().any(|(k, _)| k.name == "nodes" || k.name == "defaults" || k.name == "version") => Format::Kiln,
+        tree::Value::Map(entries)
+            if entries
+                .iter()
+                .any(|(k, _)| k.name == "nodes" || k.name == "defaults" || k.name == "version") =>
+        {
+            Format::Kiln
+        }
         tree::Value::Map(entries) if !entries.is_empty() => Format::Bifrost,
         _ => Format::Kiln,
     }

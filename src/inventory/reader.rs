@@ -30,20 +30,32 @@ impl<'n> Map<'n> {
 }
 
 pub fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 impl<'f> Reader<'f> {
     pub fn new(file: &'f str) -> Self {
-        Self { file, errors: Vec::new() }
+        Self {
+            file,
+            errors: Vec::new(),
+        }
     }
 
     pub fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
-        self.errors.push(InventoryError::new(self.file, pos, path, message));
+        self.errors
+            .push(InventoryError::new(self.file, pos, path, message));
     }
 
     fn wrong_type(&mut self, node: &Node, path: &str, expected: &str) {
-        self.error(node.pos, path, format!("expected {expected}, found {}", node.kind()));
+        self.error(
+            node.pos,
+            path,
+            format!("expected {expected}, found {}", node.kind()),
+        );
     }
 
     /// Checks that `node` is a mapping with only `allowed` keys; unknown keys are errors.
@@ -57,11 +69,18 @@ impl<'f> Reader<'f> {
                 self.error(
                     key.pos,
                     &join(path, &key.name),
-                    format!("unknown field '{}' (expected one of: {})", key.name, allowed.join(", ")),
+                    format!(
+                        "unknown field '{}' (expected one of: {})",
+                        key.name,
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
-        Some(Map { node, path: path.to_string() })
+        Some(Map {
+            node,
+            path: path.to_string(),
+        })
     }
 
     pub fn list<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [Node]> {
@@ -78,7 +97,11 @@ impl<'f> Reader<'f> {
     pub fn required<'n>(&mut self, map: &Map<'n>, key: &str) -> Option<&'n Node> {
         let found = map.get(key);
         if found.is_none() {
-            self.error(map.node.pos, &map.child(key), format!("missing required field '{key}'"));
+            self.error(
+                map.node.pos,
+                &map.child(key),
+                format!("missing required field '{key}'"),
+            );
         }
         found
     }
@@ -87,7 +110,10 @@ impl<'f> Reader<'f> {
     pub fn string(&mut self, node: &Node, path: &str) -> Option<String> {
         match &node.value {
             Value::Scalar { text, quoted: true } => Some(text.clone()),
-            Value::Scalar { text, quoted: false } => match plain_scalar_kind(text) {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } => match plain_scalar_kind(text) {
                 PlainKind::Null | PlainKind::Bool(_) => {
                     self.wrong_type(node, path, "a string");
                     None
@@ -120,7 +146,11 @@ impl<'f> Reader<'f> {
         match parsed {
             Some(value) if (min..=max).contains(&value) => Some(value),
             Some(value) => {
-                self.error(node.pos, path, format!("{value} is out of range ({min}..={max})"));
+                self.error(
+                    node.pos,
+                    path,
+                    format!("{value} is out of range ({min}..={max})"),
+                );
                 None
             }
             None => {
@@ -132,7 +162,10 @@ impl<'f> Reader<'f> {
 
     pub fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
         match &node.value {
-            Value::Scalar { text, quoted: false } => match plain_scalar_kind(text) {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } => match plain_scalar_kind(text) {
                 PlainKind::Bool(value) => Some(value),
                 _ => {
                     self.wrong_type(node, path, "true or false");
@@ -172,13 +205,30 @@ impl<'f> Reader<'f> {
     pub fn url(&mut self, node: &Node, path: &str, schemes: &[&str]) -> Option<url::Url> {
         let text = self.string(node, path)?;
         match url::Url::parse(text.trim()) {
-            Ok(url) if schemes.contains(&url.scheme()) && (url.scheme() == "file" || url.host().is_some()) => Some(url),
+            Ok(url)
+                if schemes.contains(&url.scheme())
+                    && (url.scheme() == "file" || url.host().is_some()) =>
+            {
+                Some(url)
+            }
             Ok(url) => {
-                self.error(node.pos, path, format!("URL scheme '{}' is not allowed here (use {})", url.scheme(), schemes.join(", ")));
+                self.error(
+                    node.pos,
+                    path,
+                    format!(
+                        "URL scheme '{}' is not allowed here (use {})",
+                        url.scheme(),
+                        schemes.join(", ")
+                    ),
+                );
                 None
             }
             Err(err) => {
-                self.error(node.pos, path, format!("'{text}' is not a valid URL: {err}"));
+                self.error(
+                    node.pos,
+                    path,
+                    format!("'{text}' is not a valid URL: {err}"),
+                );
                 None
             }
         }
@@ -190,7 +240,11 @@ impl<'f> Reader<'f> {
         if is_host(&text) {
             Some(text)
         } else {
-            self.error(node.pos, path, format!("'{text}' is not an IPv4 address or host name"));
+            self.error(
+                node.pos,
+                path,
+                format!("'{text}' is not an IPv4 address or host name"),
+            );
             None
         }
     }
@@ -219,7 +273,10 @@ pub fn is_host(text: &str) -> bool {
         return true;
     }
     // All-numeric dotted text that did not parse as an address is a malformed address.
-    if text.split('.').all(|label| label.bytes().all(|b| b.is_ascii_digit())) {
+    if text
+        .split('.')
+        .all(|label| label.bytes().all(|b| b.is_ascii_digit()))
+    {
         return false;
     }
     !text.is_empty()
@@ -229,7 +286,9 @@ pub fn is_host(text: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 

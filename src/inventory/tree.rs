@@ -16,7 +16,10 @@ pub struct Pos {
 
 impl From<Span> for Pos {
     fn from(span: Span) -> Self {
-        Pos { line: span.start.line(), column: span.start.col() + 1 }
+        Pos {
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        }
     }
 }
 
@@ -29,7 +32,10 @@ pub struct Key {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// A scalar's text and whether it was quoted (quoted text is always a string).
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Key, Node)>),
 }
@@ -47,7 +53,10 @@ impl Node {
             Value::Seq(_) => "a list",
             Value::Map(_) => "a mapping",
             Value::Scalar { quoted: true, .. } => "a string",
-            Value::Scalar { text, quoted: false } => match plain_scalar_kind(text) {
+            Value::Scalar {
+                text,
+                quoted: false,
+            } => match plain_scalar_kind(text) {
                 PlainKind::Null => "null",
                 PlainKind::Bool(_) => "a boolean",
                 PlainKind::Int(_) => "an integer",
@@ -87,11 +96,10 @@ pub fn plain_scalar_kind(text: &str) -> PlainKind {
         _ => {}
     }
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(int) = text.parse::<i64>() {
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(int) = text.parse::<i64>() {
             return PlainKind::Int(int);
         }
-    }
     if text.parse::<f64>().is_ok() && text.bytes().any(|b| b.is_ascii_digit()) {
         return PlainKind::Float;
     }
@@ -101,17 +109,36 @@ pub fn plain_scalar_kind(text: &str) -> PlainKind {
 /// Parses one document. Syntax errors, duplicate keys, non-scalar keys and multiple documents
 /// are reported with their position.
 pub fn parse(file: &str, text: &str) -> Result<Node, Vec<InventoryError>> {
-    let mut builder = Builder { file, anchors: HashMap::new(), errors: Vec::new() };
+    let mut builder = Builder {
+        file,
+        anchors: HashMap::new(),
+        errors: Vec::new(),
+    };
     let mut events = Parser::new_from_str(text);
     let mut documents = Vec::new();
     loop {
         match events.next() {
             None => break,
             Some(Err(err)) => {
-                let pos = Pos { line: err.marker().line(), column: err.marker().col() + 1 };
-                return Err(vec![InventoryError::new(file, pos, "", format!("YAML syntax error: {}", err.info()))]);
+                let pos = Pos {
+                    line: err.marker().line(),
+                    column: err.marker().col() + 1,
+                };
+                return Err(vec![InventoryError::new(
+                    file,
+                    pos,
+                    "",
+                    format!("YAML syntax error: {}", err.info()),
+                )]);
             }
-            Some(Ok((Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) | Event::DocumentEnd | Event::Nothing, _))) => {}
+            Some(Ok((
+                Event::StreamStart
+                | Event::StreamEnd
+                | Event::DocumentStart(_)
+                | Event::DocumentEnd
+                | Event::Nothing,
+                _,
+            ))) => {}
             Some(Ok((event, span))) => match builder.node(event, span, &mut events) {
                 Ok(node) => documents.push(node),
                 Err(err) => return Err(vec![err]),
@@ -122,9 +149,19 @@ pub fn parse(file: &str, text: &str) -> Result<Node, Vec<InventoryError>> {
         return Err(builder.errors);
     }
     match documents.len() {
-        0 => Err(vec![InventoryError::new(file, Pos { line: 1, column: 1 }, "", "the file is empty")]),
+        0 => Err(vec![InventoryError::new(
+            file,
+            Pos { line: 1, column: 1 },
+            "",
+            "the file is empty",
+        )]),
         1 => Ok(documents.remove(0)),
-        _ => Err(vec![InventoryError::new(file, documents[1].pos, "", "expected one YAML document, found several")]),
+        _ => Err(vec![InventoryError::new(
+            file,
+            documents[1].pos,
+            "",
+            "expected one YAML document, found several",
+        )]),
     }
 }
 
@@ -141,10 +178,23 @@ impl Builder<'_> {
         match events.next() {
             Some(Ok(pair)) => Ok(pair),
             Some(Err(err)) => {
-                let pos = Pos { line: err.marker().line(), column: err.marker().col() + 1 };
-                Err(InventoryError::new(self.file, pos, "", format!("YAML syntax error: {}", err.info())))
+                let pos = Pos {
+                    line: err.marker().line(),
+                    column: err.marker().col() + 1,
+                };
+                Err(InventoryError::new(
+                    self.file,
+                    pos,
+                    "",
+                    format!("YAML syntax error: {}", err.info()),
+                ))
             }
-            None => Err(InventoryError::new(self.file, Pos::default(), "", "YAML syntax error: unexpected end of input")),
+            None => Err(InventoryError::new(
+                self.file,
+                Pos::default(),
+                "",
+                "YAML syntax error: unexpected end of input",
+            )),
         }
     }
 
@@ -154,17 +204,36 @@ impl Builder<'_> {
         }
     }
 
-    fn node<'a>(&mut self, event: Event<'a>, span: Span, events: &mut Events<'a>) -> Result<Node, InventoryError> {
+    fn node<'a>(
+        &mut self,
+        event: Event<'a>,
+        span: Span,
+        events: &mut Events<'a>,
+    ) -> Result<Node, InventoryError> {
         let pos = Pos::from(span);
         match event {
             Event::Scalar(text, style, anchor, _tag) => {
-                let node = Node { pos, value: Value::Scalar { text: text.into_owned(), quoted: style != ScalarStyle::Plain } };
+                let node = Node {
+                    pos,
+                    value: Value::Scalar {
+                        text: text.into_owned(),
+                        quoted: style != ScalarStyle::Plain,
+                    },
+                };
                 self.remember(anchor, &node);
                 Ok(node)
             }
             Event::Alias(anchor) => match self.anchors.get(&anchor) {
-                Some(node) => Ok(Node { pos, value: node.value.clone() }),
-                None => Err(InventoryError::new(self.file, pos, "", "YAML alias refers to an unknown anchor")),
+                Some(node) => Ok(Node {
+                    pos,
+                    value: node.value.clone(),
+                }),
+                None => Err(InventoryError::new(
+                    self.file,
+                    pos,
+                    "",
+                    "YAML alias refers to an unknown anchor",
+                )),
             },
             Event::SequenceStart(anchor, _tag) => {
                 let mut items = Vec::new();
@@ -175,7 +244,10 @@ impl Builder<'_> {
                     }
                     items.push(self.node(event, span, events)?);
                 }
-                let node = Node { pos, value: Value::Seq(items) };
+                let node = Node {
+                    pos,
+                    value: Value::Seq(items),
+                };
                 self.remember(anchor, &node);
                 Ok(node)
             }
@@ -192,21 +264,45 @@ impl Builder<'_> {
                     let name = match key_node.value {
                         Value::Scalar { text, .. } => text,
                         _ => {
-                            self.errors.push(InventoryError::new(self.file, key_node.pos, "", "mapping keys must be plain names"));
+                            self.errors.push(InventoryError::new(
+                                self.file,
+                                key_node.pos,
+                                "",
+                                "mapping keys must be plain names",
+                            ));
                             continue;
                         }
                     };
                     if entries.iter().any(|(k, _)| k.name == name) {
-                        self.errors.push(InventoryError::new(self.file, key_node.pos, &name, format!("duplicate key '{name}'")));
+                        self.errors.push(InventoryError::new(
+                            self.file,
+                            key_node.pos,
+                            &name,
+                            format!("duplicate key '{name}'"),
+                        ));
                         continue;
                     }
-                    entries.push((Key { name, pos: key_node.pos }, value));
+                    entries.push((
+                        Key {
+                            name,
+                            pos: key_node.pos,
+                        },
+                        value,
+                    ));
                 }
-                let node = Node { pos, value: Value::Map(entries) };
+                let node = Node {
+                    pos,
+                    value: Value::Map(entries),
+                };
                 self.remember(anchor, &node);
                 Ok(node)
             }
-            other => Err(InventoryError::new(self.file, pos, "", format!("unexpected YAML event {other:?}"))),
+            other => Err(InventoryError::new(
+                self.file,
+                pos,
+                "",
+                format!("unexpected YAML event {other:?}"),
+            )),
         }
     }
 }
@@ -221,8 +317,16 @@ mod tests {
         let b = node.get("b").unwrap();
         let c = b.get("c").unwrap();
         assert_eq!(c.pos.line, 3);
-        let Value::Seq(items) = &c.value else { panic!("list") };
-        assert_eq!(items[1].pos, Pos { line: 3, column: 10 });
+        let Value::Seq(items) = &c.value else {
+            panic!("list")
+        };
+        assert_eq!(
+            items[1].pos,
+            Pos {
+                line: 3,
+                column: 10
+            }
+        );
         assert_eq!(items[1].kind(), "a string");
         assert_eq!(node.get("a").unwrap().kind(), "an integer");
     }
@@ -238,8 +342,15 @@ mod tests {
 
     #[test]
     fn json_parses_as_yaml() {
-        let node = parse("t.json", "{\"n1\": {\"driver\": \"ipmi\", \"nics\": [{\"mac\": \"52:54:00:00:00:01\"}]}}").unwrap();
-        assert_eq!(node.get("n1").unwrap().get("driver").unwrap().kind(), "a string");
+        let node = parse(
+            "t.json",
+            "{\"n1\": {\"driver\": \"ipmi\", \"nics\": [{\"mac\": \"52:54:00:00:00:01\"}]}}",
+        )
+        .unwrap();
+        assert_eq!(
+            node.get("n1").unwrap().get("driver").unwrap().kind(),
+            "a string"
+        );
     }
 
     #[test]

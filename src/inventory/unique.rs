@@ -12,15 +12,25 @@ pub struct Unique {
 
 impl Unique {
     /// Records `value` of `kind`; reports an error at `pos` if another field already used it.
-    pub fn claim(&mut self, reader: &mut Reader, kind: &'static str, value: String, pos: Pos, path: &str) {
+    pub fn claim(
+        &mut self,
+        reader: &mut Reader,
+        kind: &'static str,
+        value: String,
+        pos: Pos,
+        path: &str,
+    ) {
         match self.seen.get(&(kind, value.clone())) {
             Some((first_path, first_line)) => reader.error(
                 pos,
                 path,
-                format!("duplicate {kind} '{value}' (already used by {first_path} on line {first_line})"),
+                format!(
+                    "duplicate {kind} '{value}' (already used by {first_path} on line {first_line})"
+                ),
             ),
             None => {
-                self.seen.insert((kind, value), (path.to_string(), pos.line));
+                self.seen
+                    .insert((kind, value), (path.to_string(), pos.line));
             }
         }
     }

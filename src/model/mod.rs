@@ -9,4 +9,4 @@ pub use node::{
     NodeSpec, Properties, Role, RootDeviceHints, ServicesStatus, TlsVerify,
 };
 pub use secret::Secret;
-pub use state::{Input, InvalidTransition, ProvisionState, Step, Verb, Event, next};
+pub use state::{Event, Input, InvalidTransition, ProvisionState, Step, Verb, next};

@@ -16,7 +16,9 @@ impl FromStr for MacAddress {
     /// Accepts `aa:bb:cc:dd:ee:ff` and `aa-bb-cc-dd-ee-ff`, any case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split([':', '-']).collect();
-        let malformed = || format!("'{s}' is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)");
+        let malformed = || {
+            format!("'{s}' is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)")
+        };
         if parts.len() != 6 {
             return Err(malformed());
         }
@@ -264,8 +266,14 @@ impl NodeSpec {
         check("bmc.username", self.bmc.username != other.bmc.username);
         check("bmc.password", self.bmc.password != other.bmc.password);
         check("bmc.system_id", self.bmc.system_id != other.bmc.system_id);
-        check("bmc.cipher_suite", self.bmc.cipher_suite != other.bmc.cipher_suite);
-        check("bmc.tls_verify", self.bmc.tls_verify != other.bmc.tls_verify);
+        check(
+            "bmc.cipher_suite",
+            self.bmc.cipher_suite != other.bmc.cipher_suite,
+        );
+        check(
+            "bmc.tls_verify",
+            self.bmc.tls_verify != other.bmc.tls_verify,
+        );
         check("nics", self.nics != other.nics);
         check("boot_mode", self.boot_mode != other.boot_mode);
         check("properties", self.properties != other.properties);
@@ -335,7 +343,14 @@ mod tests {
     fn mac_parsing_normalises_and_rejects() {
         let mac: MacAddress = "52-54-00-AB-cd-0F".parse().unwrap();
         assert_eq!(mac.to_string(), "52:54:00:ab:cd:0f");
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0f:11", "52:54:00:ab:cd:zz", "525:4:00:ab:cd:0f", "+1:54:00:ab:cd:0f"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0f:11",
+            "52:54:00:ab:cd:zz",
+            "525:4:00:ab:cd:0f",
+            "+1:54:00:ab:cd:0f",
+        ] {
             assert!(bad.parse::<MacAddress>().is_err(), "{bad}");
         }
     }

@@ -236,7 +236,12 @@ pub fn next(
     use Verb::*;
 
     let go = |to: ProvisionState, target: Option<ProvisionState>| Ok(Step { to, target });
-    let heading = |to: ProvisionState, target: ProvisionState| Ok(Step { to, target: Some(target) });
+    let heading = |to: ProvisionState, target: ProvisionState| {
+        Ok(Step {
+            to,
+            target: Some(target),
+        })
+    };
     let rest = |to: ProvisionState| Ok(Step { to, target: None });
 
     match (from, input) {
@@ -333,8 +338,10 @@ mod tests {
 
     #[test]
     fn every_state_and_input_pair_matches_the_table() {
-        let table: HashMap<(S, Input), S> =
-            legal_moves().into_iter().map(|(f, i, t)| ((f, i), t)).collect();
+        let table: HashMap<(S, Input), S> = legal_moves()
+            .into_iter()
+            .map(|(f, i, t)| ((f, i), t))
+            .collect();
         let mut checked = 0;
         for from in S::ALL {
             for input in all_inputs() {
@@ -391,7 +398,13 @@ mod tests {
 
     #[test]
     fn abort_leaves_every_waiting_state() {
-        for state in [S::Verifying, S::Deploying, S::WaitCallback, S::Cleaning, S::CleanWait] {
+        for state in [
+            S::Verifying,
+            S::Deploying,
+            S::WaitCallback,
+            S::Cleaning,
+            S::CleanWait,
+        ] {
             let step = next(state, Some(S::Active), Input::Verb(Verb::Abort)).unwrap();
             assert!(!step.to.is_transient(), "{state} aborted into {}", step.to);
         }

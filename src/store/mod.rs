@@ -27,7 +27,11 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     #[error("node '{name}' is {actual}, not {expected}: its state changed concurrently")]
-    StateChanged { name: String, expected: String, actual: String },
+    StateChanged {
+        name: String,
+        expected: String,
+        actual: String,
+    },
     #[error("stored record of node '{name}' is unreadable: {message}")]
     Corrupt { name: String, message: String },
 }
@@ -74,7 +78,10 @@ impl Store {
         });
         let pool = options.connect(url).await.context("connecting")?;
         if dialect == Dialect::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.context("enabling WAL")?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .context("enabling WAL")?;
         }
         let migrator = match dialect {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),

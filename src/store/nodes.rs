@@ -1,7 +1,9 @@
 //! Node rows: enrollment (all-or-nothing), lookups, state transitions with history.
 
 use super::{Context, Store, StoreError, now_ms};
-use crate::model::{Input, MacAddress, Node, NodeSpec, ProvisionState, Secret, ServicesStatus, Step};
+use crate::model::{
+    Input, MacAddress, Node, NodeSpec, ProvisionState, Secret, ServicesStatus, Step,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -37,8 +39,16 @@ const NODE_COLUMNS: &str = "uuid, name, spec, bmc_password, provision_state, tar
 impl Store {
     /// Enrolls or updates every node in one transaction: either all of them land or none does.
     /// With `dry_run` the transaction is rolled back after computing the report.
-    pub async fn enroll(&self, specs: &[NodeSpec], dry_run: bool) -> Result<EnrollReport, StoreError> {
-        let mut tx = self.pool.begin().await.context("starting the enrollment transaction")?;
+    pub async fn enroll(
+        &self,
+        specs: &[NodeSpec],
+        dry_run: bool,
+    ) -> Result<EnrollReport, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("starting the enrollment transaction")?;
         let mut report = EnrollReport::default();
         let now = now_ms();
         for spec in specs {
@@ -75,7 +85,10 @@ impl Store {
                 None => {
                     let uuid = spec.uuid.unwrap_or_else(Uuid::new_v4);
                     if fetch_by_uuid(&mut tx, uuid).await?.is_some() {
-                        return Err(StoreError::Conflict(format!("uuid {uuid} of node '{}' belongs to another node", spec.name)));
+                        return Err(StoreError::Conflict(format!(
+                            "uuid {uuid} of node '{}' belongs to another node",
+                            spec.name
+                        )));
                     }
                     let mut stored = spec.clone();
                     stored.uuid = Some(uuid);
@@ -95,7 +108,16 @@ impl Store {
                     .await
                     .context("inserting a node")?;
                     replace_macs(&mut tx, &stored, uuid).await?;
-                    insert_history(&mut tx, uuid, now, None, ProvisionState::Enroll, "enroll", "enrolled from inventory").await?;
+                    insert_history(
+                        &mut tx,
+                        uuid,
+                        now,
+                        None,
+                        ProvisionState::Enroll,
+                        "enroll",
+                        "enrolled from inventory",
+                    )
+                    .await?;
                     report.created.push(spec.name.clone());
                 }
             }
@@ -109,28 +131,43 @@ impl Store {
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY name")))
-            .fetch_all(&self.pool)
-            .await
-            .context("listing nodes")?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY name"
+        )))
+        .fetch_all(&self.pool)
+        .await
+        .context("listing nodes")?;
         rows.iter().map(decode_node).collect()
     }
 
     pub async fn node(&self, name: &str) -> Result<Node, StoreError> {
-        let mut conn = self.pool.acquire().await.context("acquiring a connection")?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1")))
-            .bind(name.to_string())
-            .fetch_optional(&mut *conn)
+        let mut conn = self
+            .pool
+            .acquire()
             .await
-            .context("reading a node")?;
-        row.as_ref().map(decode_node).transpose()?.ok_or_else(|| StoreError::NotFound(name.to_string()))
+            .context("acquiring a connection")?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1"
+        )))
+        .bind(name.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .context("reading a node")?;
+        row.as_ref()
+            .map(decode_node)
+            .transpose()?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))
     }
 
     /// The node that owns this MAC, if any (DHCP and iPXE lookups).
     pub async fn node_by_mac(&self, mac: MacAddress) -> Result<Option<Node>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM nodes n JOIN node_macs m ON m.node_uuid = n.uuid WHERE m.mac = $1",
-            NODE_COLUMNS.split(", ").map(|c| format!("n.{c}")).collect::<Vec<_>>().join(", ")
+            NODE_COLUMNS
+                .split(", ")
+                .map(|c| format!("n.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
         .bind(mac.to_string())
         .fetch_optional(&self.pool)
@@ -139,9 +176,15 @@ impl Store {
         row.as_ref().map(decode_node).transpose()
     }
 
-    pub async fn nodes_in_states(&self, states: &[ProvisionState]) -> Result<Vec<Node>, StoreError> {
+    pub async fn nodes_in_states(
+        &self,
+        states: &[ProvisionState],
+    ) -> Result<Vec<Node>, StoreError> {
         let all = self.list_nodes().await?;
-        Ok(all.into_iter().filter(|n| states.contains(&n.provision_state)).collect())
+        Ok(all
+            .into_iter()
+            .filter(|n| states.contains(&n.provision_state))
+            .collect())
     }
 
     /// Deletes the node record (and its MACs and history).
@@ -154,8 +197,16 @@ impl Store {
             )));
         }
         let mut tx = self.pool.begin().await.context("starting a delete")?;
-        for sql in ["DELETE FROM node_history WHERE node_uuid = $1", "DELETE FROM node_macs WHERE node_uuid = $1", "DELETE FROM nodes WHERE uuid = $1"] {
-            sqlx::query(sql).bind(node.uuid.to_string()).execute(&mut *tx).await.context("deleting a node")?;
+        for sql in [
+            "DELETE FROM node_history WHERE node_uuid = $1",
+            "DELETE FROM node_macs WHERE node_uuid = $1",
+            "DELETE FROM nodes WHERE uuid = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(node.uuid.to_string())
+                .execute(&mut *tx)
+                .await
+                .context("deleting a node")?;
         }
         tx.commit().await.context("committing a delete")
     }
@@ -186,7 +237,9 @@ impl Store {
         .await
         .context("updating the provision state")?;
         if updated.rows_affected() != 1 {
-            tx.rollback().await.context("rolling back a stale transition")?;
+            tx.rollback()
+                .await
+                .context("rolling back a stale transition")?;
             let actual = self.node(&node.spec.name).await?;
             return Err(StoreError::StateChanged {
                 name: node.spec.name.clone(),
@@ -194,19 +247,33 @@ impl Store {
                 actual: actual.provision_state.to_string(),
             });
         }
-        insert_history(&mut tx, node.uuid, now, Some(node.provision_state), step.to, &input.to_string(), reason).await?;
+        insert_history(
+            &mut tx,
+            node.uuid,
+            now,
+            Some(node.provision_state),
+            step.to,
+            &input.to_string(),
+            reason,
+        )
+        .await?;
         tx.commit().await.context("committing a transition")?;
         self.node(&node.spec.name).await
     }
 
-    pub async fn set_services_status(&self, name: &str, status: ServicesStatus) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE nodes SET services_status = $1, updated_at = $2 WHERE name = $3")
-            .bind(status.as_str())
-            .bind(now_ms())
-            .bind(name.to_string())
-            .execute(&self.pool)
-            .await
-            .context("updating services status")?;
+    pub async fn set_services_status(
+        &self,
+        name: &str,
+        status: ServicesStatus,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE nodes SET services_status = $1, updated_at = $2 WHERE name = $3")
+                .bind(status.as_str())
+                .bind(now_ms())
+                .bind(name.to_string())
+                .execute(&self.pool)
+                .await
+                .context("updating services status")?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(name.to_string()));
         }
@@ -235,29 +302,46 @@ impl Store {
 }
 
 fn spec_json(spec: &NodeSpec) -> Result<String, StoreError> {
-    serde_json::to_string(spec).map_err(|err| StoreError::Corrupt { name: spec.name.clone(), message: err.to_string() })
+    serde_json::to_string(spec).map_err(|err| StoreError::Corrupt {
+        name: spec.name.clone(),
+        message: err.to_string(),
+    })
 }
 
-async fn fetch_by_name(tx: &mut Transaction<'_, Any>, name: &str) -> Result<Option<Node>, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1")))
-        .bind(name.to_string())
-        .fetch_optional(&mut **tx)
-        .await
-        .context("reading a node")?;
+async fn fetch_by_name(
+    tx: &mut Transaction<'_, Any>,
+    name: &str,
+) -> Result<Option<Node>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE name = $1"
+    )))
+    .bind(name.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .context("reading a node")?;
     row.as_ref().map(decode_node).transpose()
 }
 
-async fn fetch_by_uuid(tx: &mut Transaction<'_, Any>, uuid: Uuid) -> Result<Option<Node>, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE uuid = $1")))
-        .bind(uuid.to_string())
-        .fetch_optional(&mut **tx)
-        .await
-        .context("reading a node")?;
+async fn fetch_by_uuid(
+    tx: &mut Transaction<'_, Any>,
+    uuid: Uuid,
+) -> Result<Option<Node>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {NODE_COLUMNS} FROM nodes WHERE uuid = $1"
+    )))
+    .bind(uuid.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .context("reading a node")?;
     row.as_ref().map(decode_node).transpose()
 }
 
 /// A MAC may belong to one node only; enrolled nodes outside this inventory count too.
-async fn check_macs_free(tx: &mut Transaction<'_, Any>, spec: &NodeSpec, uuid: Uuid) -> Result<(), StoreError> {
+async fn check_macs_free(
+    tx: &mut Transaction<'_, Any>,
+    spec: &NodeSpec,
+    uuid: Uuid,
+) -> Result<(), StoreError> {
     for nic in &spec.nics {
         let owner: Option<String> = sqlx::query_scalar(
             "SELECT n.name FROM node_macs m JOIN nodes n ON n.uuid = m.node_uuid WHERE m.mac = $1 AND m.node_uuid <> $2",
@@ -277,7 +361,11 @@ async fn check_macs_free(tx: &mut Transaction<'_, Any>, spec: &NodeSpec, uuid: U
     Ok(())
 }
 
-async fn replace_macs(tx: &mut Transaction<'_, Any>, spec: &NodeSpec, uuid: Uuid) -> Result<(), StoreError> {
+async fn replace_macs(
+    tx: &mut Transaction<'_, Any>,
+    spec: &NodeSpec,
+    uuid: Uuid,
+) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM node_macs WHERE node_uuid = $1")
         .bind(uuid.to_string())
         .execute(&mut **tx)
@@ -318,12 +406,17 @@ async fn insert_history(
 
 fn decode_node(row: &AnyRow) -> Result<Node, StoreError> {
     let name: String = row.try_get("name").context("decoding a node")?;
-    let corrupt = |message: String| StoreError::Corrupt { name: name.clone(), message };
+    let corrupt = |message: String| StoreError::Corrupt {
+        name: name.clone(),
+        message,
+    };
     let uuid: String = row.try_get("uuid").context("decoding a node")?;
     let spec: String = row.try_get("spec").context("decoding a node")?;
     let password: String = row.try_get("bmc_password").context("decoding a node")?;
     let state: String = row.try_get("provision_state").context("decoding a node")?;
-    let target: Option<String> = row.try_get("target_provision_state").context("decoding a node")?;
+    let target: Option<String> = row
+        .try_get("target_provision_state")
+        .context("decoding a node")?;
     let services: String = row.try_get("services_status").context("decoding a node")?;
     let mut spec: NodeSpec = serde_json::from_str(&spec).map_err(|e| corrupt(e.to_string()))?;
     spec.bmc.password = Secret::new(password);

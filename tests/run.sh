@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Kiln's test command (README, `.ci/run`): installs what the suite needs on a fresh Debian machine,
+# then runs formatting, lint and every test. Tests start their own peers (PostgreSQL in a temp
+# dir, the kiln daemon on port 0) and stop them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v systemd-analyze >/dev/null || need+=(systemd)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+command -v psql >/dev/null || need+=(postgresql-client)
+command -v runuser >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    echo "installing: ${need[*]}"
+    # Keep package scripts from starting services (PostgreSQL's cluster): tests start their own.
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created_policy=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked --all-targets
