@@ -51,20 +51,23 @@ pub fn parse(file: &str, text: &str) -> Result<ConfigFile, Vec<InventoryError>> 
         config.log_format = text_of("log_format");
         config.log_level = text_of("log_level");
         if let Some(node) = map.get("listen")
-            && let Some(text) = reader.text(node, "listen") {
-                match text.parse() {
-                    Ok(addr) => config.listen = Some(addr),
-                    Err(_) => reader.error(
-                        node.pos,
-                        "listen",
-                        format!("'{text}' is not an address:port"),
-                    ),
-                }
+            && let Some(text) = reader.text(node, "listen")
+        {
+            match text.parse() {
+                Ok(addr) => config.listen = Some(addr),
+                Err(_) => reader.error(
+                    node.pos,
+                    "listen",
+                    format!("'{text}' is not an address:port"),
+                ),
             }
+        }
         if let (Some(format), Some(node)) = (&config.log_format, map.get("log_format"))
-            && format != "text" && format != "json" {
-                reader.error(node.pos, "log_format", "use text or json");
-            }
+            && format != "text"
+            && format != "json"
+        {
+            reader.error(node.pos, "log_format", "use text or json");
+        }
     }
     if reader.errors.is_empty() {
         Ok(config)

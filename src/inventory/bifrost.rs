@@ -291,13 +291,14 @@ fn read_nics(
             continue;
         };
         if let Some(n) = reader.required(&map, "mac")
-            && let Some(mac) = reader.mac(n, &map.child("mac")) {
-                unique.claim(reader, "MAC", mac.to_string(), n.pos, &map.child("mac"));
-                nics.push(Nic {
-                    mac,
-                    pxe: index == 0,
-                });
-            }
+            && let Some(mac) = reader.mac(n, &map.child("mac"))
+        {
+            unique.claim(reader, "MAC", mac.to_string(), n.pos, &map.child("mac"));
+            nics.push(Nic {
+                mac,
+                pxe: index == 0,
+            });
+        }
     }
     (nics.len() == items.len()).then_some(nics)
 }

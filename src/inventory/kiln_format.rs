@@ -56,13 +56,14 @@ pub fn read(reader: &mut Reader, root: &Node) -> Vec<NodeSpec> {
     };
     if let Some(version) = top.get("version")
         && let Some(v) = reader.int(version, "version", 1, u64::MAX)
-            && v != 1 {
-                reader.error(
-                    version.pos,
-                    "version",
-                    format!("inventory version {v} is not supported (this Kiln reads version 1)"),
-                );
-            }
+        && v != 1
+    {
+        reader.error(
+            version.pos,
+            "version",
+            format!("inventory version {v} is not supported (this Kiln reads version 1)"),
+        );
+    }
     let defaults = top
         .get("defaults")
         .and_then(|d| reader.map(d, "defaults", DEFAULTS).map(|m| m.node.clone()));
@@ -251,13 +252,14 @@ fn read_bmc(reader: &mut Reader, unique: &mut Unique, node: &Node, path: &str) -
         }
     };
     if kind == BmcKind::Ipmi
-        && let Some(n) = map.get("system_id") {
-            reader.error(
-                n.pos,
-                &map.child("system_id"),
-                "system_id applies to Redfish BMCs only",
-            );
-        }
+        && let Some(n) = map.get("system_id")
+    {
+        reader.error(
+            n.pos,
+            &map.child("system_id"),
+            "system_id applies to Redfish BMCs only",
+        );
+    }
     let tls_verify = match (verify_tls?, ca_file?) {
         (Some(false), Some(_)) => {
             reader.error(

@@ -96,10 +96,12 @@ pub fn plain_scalar_kind(text: &str) -> PlainKind {
         _ => {}
     }
     let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(int) = text.parse::<i64>() {
-            return PlainKind::Int(int);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(int) = text.parse::<i64>()
+    {
+        return PlainKind::Int(int);
+    }
     if text.parse::<f64>().is_ok() && text.bytes().any(|b| b.is_ascii_digit()) {
         return PlainKind::Float;
     }
