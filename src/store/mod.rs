@@ -1,8 +1,10 @@
 //! Persistent state: nodes, their MACs and the transition history, on SQLite (default, no setup)
 //! or PostgreSQL (`postgres://` URL), through sqlx's Any driver with one migration set per dialect.
 
+mod boot;
 mod nodes;
 
+pub use boot::{Lease, NodeEvent};
 pub use nodes::{EnrollReport, HistoryEntry, NodeChange};
 
 use sqlx::AnyPool;

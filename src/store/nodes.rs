@@ -199,6 +199,8 @@ impl Store {
         let mut tx = self.pool.begin().await.context("starting a delete")?;
         for sql in [
             "DELETE FROM node_history WHERE node_uuid = $1",
+            "DELETE FROM node_events WHERE node_uuid = $1",
+            "DELETE FROM dhcp_leases WHERE node_uuid = $1",
             "DELETE FROM node_macs WHERE node_uuid = $1",
             "DELETE FROM nodes WHERE uuid = $1",
         ] {

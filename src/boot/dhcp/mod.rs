@@ -1,0 +1,1 @@
+//! DHCPv4 server (reservation and proxy modes).
