@@ -1,0 +1,261 @@
+//! The DHCP socket loop: receive, decode (never panicking on hostile input), decide, reply, and
+//! persist leases and timeline events in the store.
+
+use super::answer::{self, Answer};
+use super::client::{ClientKind, Request, classify};
+use super::leases::LeaseTable;
+use super::reply;
+use super::{DhcpConfig, DhcpMode};
+use crate::model::MacAddress;
+use crate::store::{Lease, Store, now_ms};
+use dhcproto::v4::{self, MessageType};
+use dhcproto::{Decodable, Decoder};
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// How long an OFFERed address is held for the client's REQUEST.
+const OFFER_HOLD_MS: i64 = 60_000;
+
+/// Binds a UDP socket for DHCP on one interface only (SO_BINDTODEVICE), so Kiln never answers on
+/// any other interface, with broadcast allowed. Returned as a non-blocking std socket so it can be
+/// created on any thread (tests create it inside a network namespace) and handed to
+/// `tokio::net::UdpSocket::from_std` on the runtime.
+pub fn bind_socket(interface: &str, addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+pub struct DhcpServer {
+    config: Arc<DhcpConfig>,
+    store: Store,
+    leases: Mutex<LeaseTable>,
+    unknown_logged: Mutex<HashSet<MacAddress>>,
+}
+
+impl DhcpServer {
+    /// Loads persisted leases so clients keep their addresses across restarts.
+    pub async fn new(config: DhcpConfig, store: Store) -> Result<Arc<Self>, crate::store::StoreError> {
+        let mut table = LeaseTable::default();
+        for lease in store.leases().await? {
+            table.hold(lease.ip, lease.mac, lease.expires_at);
+        }
+        Ok(Arc::new(Self {
+            config: Arc::new(config),
+            store,
+            leases: Mutex::new(table),
+            unknown_logged: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    /// Serves one socket until `shutdown`. `proxy_port` marks the PXE port-4011 socket, whose
+    /// replies go back to the sender.
+    pub async fn run(self: Arc<Self>, socket: UdpSocket, proxy_port: bool, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let (len, source) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = socket.recv_from(&mut buf) => match received {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "DHCP receive failed");
+                        continue;
+                    }
+                },
+            };
+            let Some((bytes, destination)) = self.handle(&buf[..len], source, proxy_port).await else { continue };
+            if let Err(err) = socket.send_to(&bytes, destination).await {
+                tracing::warn!(error = %err, %destination, "DHCP send failed");
+            }
+        }
+    }
+
+    /// Decides the reply to one datagram, if any, and where to send it.
+    pub async fn handle(&self, datagram: &[u8], source: SocketAddr, proxy_port: bool) -> Option<(Vec<u8>, SocketAddr)> {
+        let message = match decode(datagram) {
+            Some(message) => message,
+            None => {
+                tracing::debug!(%source, len = datagram.len(), "dropped malformed DHCP datagram");
+                return None;
+            }
+        };
+        let request = match Request::from_message(&message) {
+            Ok(request) => request,
+            Err(reason) => {
+                tracing::debug!(%source, %reason, "dropped DHCP datagram");
+                return None;
+            }
+        };
+        let kind = classify(&request);
+        let (answer, node_uuid) = match self.config.mode {
+            DhcpMode::Proxy => {
+                let node = self.known_node(request.mac).await?;
+                (answer::proxy(&request, kind, &self.config), node.map(|n| n.0))
+            }
+            DhcpMode::Reservation => self.reservation(&request, kind).await?,
+        };
+        tracing::debug!(mac = %request.mac, msg = ?request.msg_type, ?kind, ?answer, "DHCP decision");
+        self.after(&request, kind, &answer, node_uuid).await;
+        let reply = reply::build(&message, kind, &answer, &self.config)?;
+        let bytes = match reply::encode(&reply) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot encode DHCP reply");
+                return None;
+            }
+        };
+        Some((bytes, destination(&request, &answer, source, proxy_port)))
+    }
+
+    /// The node owning `mac`: `Some(Some(..))` when enrolled, `Some(None)` for an unknown MAC
+    /// with discovery on, `None` to stay silent.
+    async fn known_node(&self, mac: MacAddress) -> Option<Option<(uuid::Uuid, Option<Ipv4Addr>)>> {
+        match self.store.node_by_mac(mac).await {
+            Ok(Some(node)) => Some(Some((node.uuid, node.spec.network.as_ref().map(|n| n.address)))),
+            Ok(None) if self.config.discovery => Some(None),
+            Ok(None) => {
+                if self.unknown_logged.lock().map(|mut seen| seen.insert(mac)).unwrap_or(false) {
+                    tracing::info!(%mac, "DHCP request from an unknown MAC ignored (discovery is off)");
+                }
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, %mac, "node lookup failed; not answering");
+                None
+            }
+        }
+    }
+
+    async fn reservation(&self, request: &Request, kind: ClientKind) -> Option<(Answer, Option<uuid::Uuid>)> {
+        let node = self.known_node(request.mac).await?;
+        let (uuid, reservation, pool, lease_secs) = match node {
+            Some((uuid, reservation)) => (Some(uuid), reservation, self.config.pool, self.config.lease_secs),
+            None => (None, None, self.config.discovery_pool, self.config.discovery_lease_secs),
+        };
+        let ip = match request.msg_type {
+            MessageType::Discover | MessageType::Request => {
+                let reserved = if reservation.is_none() { self.reserved_addresses().await } else { HashSet::new() };
+                let now = now_ms();
+                let hold = if request.msg_type == MessageType::Discover { OFFER_HOLD_MS } else { i64::from(lease_secs) * 1000 };
+                let assigned = match self.leases.lock() {
+                    Ok(mut table) => table.assign(request.mac, reservation, pool.as_ref(), &reserved, now, now + hold),
+                    Err(_) => return None,
+                };
+                match assigned {
+                    Ok(ip) => Some(ip),
+                    Err(err) => {
+                        tracing::warn!(mac = %request.mac, error = %err, "no address for client");
+                        None
+                    }
+                }
+            }
+            _ => self.leases.lock().ok()?.address_of(request.mac),
+        };
+        Some((answer::reservation(request, kind, ip, &self.config), uuid))
+    }
+
+    /// Inventory addresses of all nodes: never handed out from the pool to anyone else.
+    async fn reserved_addresses(&self) -> HashSet<Ipv4Addr> {
+        match self.store.list_nodes().await {
+            Ok(nodes) => nodes.iter().filter_map(|n| n.spec.network.as_ref().map(|net| net.address)).collect(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read reserved addresses");
+                HashSet::new()
+            }
+        }
+    }
+
+    /// Persists what the answer changed and records the node's timeline.
+    async fn after(&self, request: &Request, kind: ClientKind, answer: &Answer, node: Option<uuid::Uuid>) {
+        match answer {
+            Answer::Ack { ip, .. } => {
+                let expires_at = now_ms() + i64::from(self.config.lease_secs) * 1000;
+                let lease = Lease { ip: *ip, mac: request.mac, node_uuid: node, expires_at, discovered: node.is_none() };
+                if let Err(err) = self.store.upsert_lease(&lease).await {
+                    tracing::warn!(error = %err, "cannot persist lease");
+                }
+            }
+            Answer::Release => {
+                if let Ok(mut table) = self.leases.lock() {
+                    table.release(request.mac);
+                }
+                if let Err(err) = self.store.release_lease(request.mac).await {
+                    tracing::warn!(error = %err, "cannot release lease");
+                }
+            }
+            _ => {}
+        }
+        let Some(uuid) = node else { return };
+        let event = match answer {
+            Answer::Offer { ip, boot } => Some(("dhcp-offer", format!("{ip} to {kind:?}, boot {boot:?}"))),
+            Answer::Ack { ip, boot } => Some(("dhcp-ack", format!("{ip} to {kind:?}, boot {boot:?}"))),
+            Answer::BootOnly { msg_type, boot } => Some(("dhcp-boot-info", format!("{msg_type:?} to {kind:?}, boot {boot:?}"))),
+            Answer::Nak(reason) => Some(("dhcp-nak", (*reason).to_string())),
+            _ => None,
+        };
+        if let Some((kind, detail)) = event {
+            if let Err(err) = self.store.record_event(uuid, kind, &detail).await {
+                tracing::warn!(error = %err, "cannot record DHCP event");
+            }
+        }
+    }
+}
+
+/// Decodes a datagram; any decoder panic (dhcproto has debug assertions on hostile input) is
+/// caught and treated as a malformed packet.
+fn decode(datagram: &[u8]) -> Option<v4::Message> {
+    std::panic::catch_unwind(|| v4::Message::decode(&mut Decoder::new(datagram)).ok()).ok().flatten()
+}
+
+/// RFC 2131 §4.1: relay → relay port 67; the PXE 4011 port → back to the sender; a client that
+/// already has an address and did not ask for broadcast → unicast; otherwise broadcast.
+fn destination(request: &Request, answer: &Answer, source: SocketAddr, proxy_port: bool) -> SocketAddr {
+    if !request.giaddr.is_unspecified() {
+        return SocketAddr::V4(SocketAddrV4::new(request.giaddr, 67));
+    }
+    if proxy_port {
+        return source;
+    }
+    if !matches!(answer, Answer::Nak(_)) && !request.ciaddr.is_unspecified() && !request.broadcast {
+        return SocketAddr::V4(SocketAddrV4::new(request.ciaddr, 68));
+    }
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the decode path.
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Some(message) = decode(&bytes) {
+                let _ = Request::from_message(&message).map(|r| classify(&r));
+            }
+        }
+
+        /// A valid header followed by random options never panics either.
+        #[test]
+        fn decoding_random_options_never_panics(options in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = vec![0u8; 236];
+            bytes[0] = 1;
+            bytes[1] = 1;
+            bytes[2] = 6;
+            bytes.extend_from_slice(&[99, 130, 83, 99]);
+            bytes.extend_from_slice(&options);
+            if let Some(message) = decode(&bytes) {
+                let _ = Request::from_message(&message).map(|r| classify(&r));
+            }
+        }
+    }
+}
