@@ -1,6 +1,7 @@
 //! Kiln: a bare-metal provisioning appliance. The binaries in `src/bin` only wire these modules.
 
 pub mod api;
+pub mod bmc;
 pub mod boot;
 pub mod cli;
 pub mod conductor;

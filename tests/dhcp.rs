@@ -27,16 +27,29 @@ fn inventory(lab: &Lab) -> String {
 
 fn config(lab: &Lab, discovery: bool) -> DhcpConfig {
     let server: Ipv4Addr = lab.server_ip().parse().unwrap();
-    let mut config = DhcpConfig::new(DhcpMode::Reservation, server, 24, format!("http://{server}:8080"));
+    let mut config = DhcpConfig::new(
+        DhcpMode::Reservation,
+        server,
+        24,
+        format!("http://{server}:8080"),
+    );
     config.router = Some(server);
-    config.pool = Some(Pool { first: lab.addr(100).parse().unwrap(), last: lab.addr(110).parse().unwrap() });
+    config.pool = Some(Pool {
+        first: lab.addr(100).parse().unwrap(),
+        last: lab.addr(110).parse().unwrap(),
+    });
     config.discovery = discovery;
-    config.discovery_pool = Some(Pool { first: lab.addr(200).parse().unwrap(), last: lab.addr(210).parse().unwrap() });
+    config.discovery_pool = Some(Pool {
+        first: lab.addr(200).parse().unwrap(),
+        last: lab.addr(210).parse().unwrap(),
+    });
     config
 }
 
 async fn start(lab: &Lab, store: &Store, discovery: bool) -> CancellationToken {
-    let server = DhcpServer::new(config(lab, discovery), store.clone()).await.unwrap();
+    let server = DhcpServer::new(config(lab, discovery), store.clone())
+        .await
+        .unwrap();
     let socket = lab.in_server_ns(|| bind_socket("br0", "0.0.0.0:67".parse().unwrap()).unwrap());
     let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
     let shutdown = CancellationToken::new();
@@ -46,7 +59,9 @@ async fn start(lab: &Lab, store: &Store, discovery: bool) -> CancellationToken {
 
 async fn lease_for(ns: &str, tries: u32) -> Option<String> {
     let ns = ns.to_string();
-    tokio::task::spawn_blocking(move || udhcpc(&ns, tries)).await.unwrap()
+    tokio::task::spawn_blocking(move || udhcpc(&ns, tries))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,12 +69,23 @@ async fn reservations_pool_unknown_macs_and_restart() {
     let mut lab = Lab::new();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
-    let nodes = kiln::inventory::parse("rack.yaml", &inventory(&lab)).unwrap().nodes;
+    let nodes = kiln::inventory::parse("rack.yaml", &inventory(&lab))
+        .unwrap()
+        .nodes;
     store.enroll(&nodes, false).await.unwrap();
-    let (a, b, c, unknown) = (lab.add_client(MAC_A), lab.add_client(MAC_B), lab.add_client(MAC_C), lab.add_client(MAC_UNKNOWN));
+    let (a, b, c, unknown) = (
+        lab.add_client(MAC_A),
+        lab.add_client(MAC_B),
+        lab.add_client(MAC_C),
+        lab.add_client(MAC_UNKNOWN),
+    );
     let shutdown = start(&lab, &store, false).await;
 
-    assert_eq!(lease_for(&a, 3).await.as_deref(), Some(lab.addr(50).as_str()), "inventory reservation");
+    assert_eq!(
+        lease_for(&a, 3).await.as_deref(),
+        Some(lab.addr(50).as_str()),
+        "inventory reservation"
+    );
     let ip_b = lease_for(&b, 3).await.expect("pool address for b");
     let ip_c = lease_for(&c, 3).await.expect("pool address for c");
     assert_ne!(ip_b, ip_c, "two clients never share an address");
@@ -67,13 +93,20 @@ async fn reservations_pool_unknown_macs_and_restart() {
         let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
         assert!((100..=110).contains(&last), "{ip} from the pool");
     }
-    assert_eq!(lease_for(&unknown, 2).await, None, "unknown MAC gets no answer");
+    assert_eq!(
+        lease_for(&unknown, 2).await,
+        None,
+        "unknown MAC gets no answer"
+    );
 
     let leases = store.leases().await.unwrap();
     assert_eq!(leases.len(), 3);
     let events = store.events("a").await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert!(kinds.contains(&"dhcp-offer") && kinds.contains(&"dhcp-ack"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"dhcp-offer") && kinds.contains(&"dhcp-ack"),
+        "{kinds:?}"
+    );
 
     // Restart: a new server on the same store hands b the same address.
     shutdown.cancel();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kiln's test command (README, `.ci/run`): installs what the suite needs on a fresh Debian machine,
 # then runs formatting, lint and every test. Tests start their own peers (PostgreSQL in a temp
-# dir, the kiln daemon on port 0) and stop them.
+# dir, the kiln daemon, dnsmasq, QEMU VMs inside network namespaces they create) and stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,13 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 command -v psql >/dev/null || need+=(postgresql-client)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v curl >/dev/null || need+=(curl)
+command -v busybox >/dev/null || need+=(busybox)
+command -v ip >/dev/null || need+=(iproute2)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -e /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
+[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     # Keep package scripts from starting services (PostgreSQL's cluster): tests start their own.

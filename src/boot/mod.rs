@@ -6,4 +6,5 @@ pub mod dhcp;
 pub mod files;
 pub mod http;
 pub mod ipxe;
+pub mod ra;
 pub mod tftp;

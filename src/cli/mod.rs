@@ -1,5 +1,6 @@
 //! The `kiln` command line: the daemon (`serve`) and a client for it in the `baremetal`/kolla style.
 
+mod boot;
 mod client;
 pub mod config;
 mod output;
@@ -60,6 +61,8 @@ enum Command {
         /// Database URL (sqlite://… or postgres://…). Default: SQLite in the data directory.
         #[arg(long, env = "KILN_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
+        #[command(flatten)]
+        boot: boot::BootOptions,
     },
     /// Enroll (or update) the nodes of an inventory file, all or nothing.
     Enroll {
@@ -188,8 +191,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve {
             listen,
             database_url,
+            boot,
         } => {
-            serve::run(&settings, listen, database_url).await?;
+            serve::run(&settings, listen, database_url, &boot).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inventory {

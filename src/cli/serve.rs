@@ -30,6 +30,7 @@ pub async fn run(
     settings: &Settings,
     listen: Option<SocketAddr>,
     database_url: Option<String>,
+    boot: &super::boot::BootOptions,
 ) -> Result<()> {
     init_logging(settings);
     let data_dir = &settings.data_dir;
@@ -63,6 +64,7 @@ pub async fn run(
     std::fs::write(data_dir.join(API_URL_FILE), format!("http://{bound}\n"))
         .context("cannot record the API address")?;
     tracing::info!(address = %bound, "kiln API listening");
+    super::boot::start(boot, data_dir, bound.port(), &store, &mut tasks, &shutdown).await?;
 
     let app = api::router(ApiState {
         conductor,

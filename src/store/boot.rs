@@ -28,29 +28,41 @@ pub struct Lease {
 }
 
 fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Store {
-    pub async fn record_event(&self, node_uuid: Uuid, kind: &str, detail: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO node_events (node_uuid, at, kind, detail) VALUES ($1, $2, $3, $4)")
-            .bind(node_uuid.to_string())
-            .bind(now_ms())
-            .bind(kind.to_string())
-            .bind(detail.to_string())
-            .execute(&self.pool)
-            .await
-            .context("recording a node event")?;
+    pub async fn record_event(
+        &self,
+        node_uuid: Uuid,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_events (node_uuid, at, kind, detail) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(node_uuid.to_string())
+        .bind(now_ms())
+        .bind(kind.to_string())
+        .bind(detail.to_string())
+        .execute(&self.pool)
+        .await
+        .context("recording a node event")?;
         Ok(())
     }
 
     pub async fn events(&self, name: &str) -> Result<Vec<NodeEvent>, StoreError> {
         let node = self.node(name).await?;
-        let rows = sqlx::query("SELECT at, kind, detail FROM node_events WHERE node_uuid = $1 ORDER BY id")
-            .bind(node.uuid.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .context("reading node events")?;
+        let rows = sqlx::query(
+            "SELECT at, kind, detail FROM node_events WHERE node_uuid = $1 ORDER BY id",
+        )
+        .bind(node.uuid.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .context("reading node events")?;
         rows.iter()
             .map(|row| {
                 Ok(NodeEvent {
@@ -78,20 +90,27 @@ impl Store {
     }
 
     /// True when `token` is the node's current agent token.
-    pub async fn check_agent_token(&self, node_uuid: Uuid, token: &str) -> Result<bool, StoreError> {
-        let stored: Option<Option<String>> = sqlx::query_scalar("SELECT agent_token_hash FROM nodes WHERE uuid = $1")
-            .bind(node_uuid.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .context("checking an agent token")?;
+    pub async fn check_agent_token(
+        &self,
+        node_uuid: Uuid,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT agent_token_hash FROM nodes WHERE uuid = $1")
+                .bind(node_uuid.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .context("checking an agent token")?;
         Ok(matches!(stored, Some(Some(hash)) if hash == token_hash(token)))
     }
 
     pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let rows = sqlx::query("SELECT ip, mac, node_uuid, expires_at, discovered FROM dhcp_leases ORDER BY ip")
-            .fetch_all(&self.pool)
-            .await
-            .context("reading leases")?;
+        let rows = sqlx::query(
+            "SELECT ip, mac, node_uuid, expires_at, discovered FROM dhcp_leases ORDER BY ip",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("reading leases")?;
         rows.iter().map(decode_lease).collect()
     }
 
@@ -99,13 +118,17 @@ impl Store {
     /// conflict if the address is leased to another MAC: one address never goes to two MACs.
     pub async fn upsert_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.context("starting a lease update")?;
-        let holder: Option<String> = sqlx::query_scalar("SELECT mac FROM dhcp_leases WHERE ip = $1")
-            .bind(lease.ip.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .context("checking a lease")?;
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT mac FROM dhcp_leases WHERE ip = $1")
+                .bind(lease.ip.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .context("checking a lease")?;
         if let Some(holder) = holder.filter(|holder| *holder != lease.mac.to_string()) {
-            return Err(StoreError::Conflict(format!("{} is leased to {holder}", lease.ip)));
+            return Err(StoreError::Conflict(format!(
+                "{} is leased to {holder}",
+                lease.ip
+            )));
         }
         sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
             .bind(lease.mac.to_string())
@@ -135,15 +158,23 @@ impl Store {
 }
 
 fn decode_lease(row: &sqlx::any::AnyRow) -> Result<Lease, StoreError> {
-    let corrupt = |message: String| StoreError::Corrupt { name: "dhcp lease".into(), message };
+    let corrupt = |message: String| StoreError::Corrupt {
+        name: "dhcp lease".into(),
+        message,
+    };
     let ip: String = row.try_get("ip").context("decoding a lease")?;
     let mac: String = row.try_get("mac").context("decoding a lease")?;
     let node: Option<String> = row.try_get("node_uuid").context("decoding a lease")?;
     let discovered: i64 = row.try_get("discovered").context("decoding a lease")?;
     Ok(Lease {
-        ip: ip.parse().map_err(|e: std::net::AddrParseError| corrupt(e.to_string()))?,
+        ip: ip
+            .parse()
+            .map_err(|e: std::net::AddrParseError| corrupt(e.to_string()))?,
         mac: mac.parse().map_err(corrupt)?,
-        node_uuid: node.map(|n| Uuid::parse_str(&n)).transpose().map_err(|e| corrupt(e.to_string()))?,
+        node_uuid: node
+            .map(|n| Uuid::parse_str(&n))
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
         expires_at: row.try_get("expires_at").context("decoding a lease")?,
         discovered: discovered != 0,
     })

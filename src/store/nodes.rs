@@ -159,6 +159,17 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(name.to_string()))
     }
 
+    pub async fn node_by_uuid(&self, uuid: Uuid) -> Result<Option<Node>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE uuid = $1"
+        )))
+        .bind(uuid.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading a node")?;
+        row.as_ref().map(decode_node).transpose()
+    }
+
     /// The node that owns this MAC, if any (DHCP and iPXE lookups).
     pub async fn node_by_mac(&self, mac: MacAddress) -> Result<Option<Node>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -20,8 +20,15 @@ pub fn ip(args: &[&str]) {
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -32,11 +39,32 @@ impl Lab {
         let subnet = ((pid as u32 * 7 + n * 13) % 200 + 20) as u8;
         let server_ns = format!("kt{pid}s{n}");
         ip(&["netns", "add", &server_ns]);
-        let lab = Lab { server_ns, subnet, clients: Vec::new(), links: 0 };
+        let lab = Lab {
+            server_ns,
+            subnet,
+            clients: Vec::new(),
+            links: 0,
+        };
         lab.exec_ok(&["ip", "link", "set", "lo", "up"]);
         lab.exec_ok(&["ip", "link", "add", "br0", "type", "bridge"]);
-        lab.exec_ok(&["ip", "link", "set", "br0", "type", "bridge", "forward_delay", "0"]);
-        lab.exec_ok(&["ip", "addr", "add", &format!("{}/24", lab.server_ip()), "dev", "br0"]);
+        lab.exec_ok(&[
+            "ip",
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+        ]);
+        lab.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", lab.server_ip()),
+            "dev",
+            "br0",
+        ]);
         lab.exec_ok(&["ip", "link", "set", "br0", "up"]);
         lab
     }
@@ -63,7 +91,9 @@ impl Lab {
         let host_end = format!("vc{}", self.links);
         ip(&["netns", "add", &ns]);
         self.clients.push(ns.clone());
-        self.exec_ok(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        self.exec_ok(&[
+            "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
         self.exec_ok(&["ip", "link", "set", &host_end, "master", "br0", "up"]);
         run("ip", &["-n", &ns, "link", "set", "eth0", "address", mac]);
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
@@ -106,15 +136,26 @@ pub fn udhcpc(ns: &str, tries: u32) -> Option<String> {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("script.sh");
     let result = dir.path().join("ip");
-    std::fs::write(&script, format!("#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > {}\nexit 0\n", result.display())).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > {}\nexit 0\n",
+            result.display()
+        ),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-T", "1"])
+        .args([
+            "netns", "exec", ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-T", "1",
+        ])
         .args(["-t", &tries.to_string(), "-s"])
         .arg(&script)
         .output()
         .unwrap();
     let _ = out;
-    std::fs::read_to_string(&result).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(&result)
+        .ok()
+        .map(|s| s.trim().to_string())
 }

@@ -42,16 +42,20 @@ impl Request {
         if msg.opcode() != v4::Opcode::BootRequest {
             return Err(Rejected::NotARequest);
         }
-        let chaddr = msg.chaddr();
-        if msg.htype() != v4::HType::Eth || chaddr.len() < 6 {
+        // Check hlen before touching chaddr: dhcproto's `chaddr()` slices by hlen and panics
+        // when a hostile packet claims more than 16 bytes (found by the proptest below).
+        if msg.htype() != v4::HType::Eth || msg.hlen() != 6 {
             return Err(Rejected::NotEthernet);
         }
+        let chaddr = msg.chaddr();
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&chaddr[..6]);
         let opts = msg.opts();
         let msg_type = opts.msg_type().ok_or(Rejected::NoMessageType)?;
         let raw = |code: OptionCode| match opts.get(code) {
-            Some(DhcpOption::ClassIdentifier(v)) | Some(DhcpOption::UserClass(v)) => Some(v.clone()),
+            Some(DhcpOption::ClassIdentifier(v)) | Some(DhcpOption::UserClass(v)) => {
+                Some(v.clone())
+            }
             _ => None,
         };
         Ok(Request {
@@ -80,7 +84,9 @@ impl Request {
     }
 
     fn vendor_class_starts_with(&self, prefix: &[u8]) -> bool {
-        self.vendor_class.as_deref().is_some_and(|v| v.starts_with(prefix))
+        self.vendor_class
+            .as_deref()
+            .is_some_and(|v| v.starts_with(prefix))
     }
 }
 
@@ -116,7 +122,9 @@ pub fn classify(request: &Request) -> ClientKind {
     if !request.vendor_class_starts_with(b"PXEClient") {
         return ClientKind::Plain;
     }
-    let arch = request.arch.or_else(|| arch_from_vendor_class(request.vendor_class.as_deref().unwrap_or_default()));
+    let arch = request
+        .arch
+        .or_else(|| arch_from_vendor_class(request.vendor_class.as_deref().unwrap_or_default()));
     match arch {
         None | Some(0) => ClientKind::BiosPxe,
         Some(7 | 9) => ClientKind::UefiPxe,
@@ -136,7 +144,12 @@ fn arch_from_vendor_class(vendor_class: &[u8]) -> Option<u16> {
 mod tests {
     use super::*;
 
-    fn request(vendor: Option<&[u8]>, user: Option<&[u8]>, arch: Option<u16>, ipxe: bool) -> Request {
+    fn request(
+        vendor: Option<&[u8]>,
+        user: Option<&[u8]>,
+        arch: Option<u16>,
+        ipxe: bool,
+    ) -> Request {
         Request {
             msg_type: MessageType::Discover,
             xid: 1,
@@ -157,18 +170,101 @@ mod tests {
     #[test]
     fn classifies_captured_clients() {
         let cases: &[(&str, Request, ClientKind)] = &[
-            ("QEMU BIOS iPXE ROM", request(Some(b"PXEClient:Arch:00000:UNDI:002001"), Some(b"iPXE"), Some(0), true), ClientKind::Ipxe),
-            ("OVMF firmware PXE", request(Some(b"PXEClient:Arch:00007:UNDI:003000"), None, Some(7), false), ClientKind::UefiPxe),
-            ("snponly.efi", request(Some(b"PXEClient:Arch:00007:UNDI:003016"), Some(b"iPXE"), Some(7), false), ClientKind::Ipxe),
-            ("udhcpc in the ramdisk", request(Some(b"udhcp 1.35.0"), None, None, false), ClientKind::Plain),
-            ("BIOS PXE ROM", request(Some(b"PXEClient:Arch:00000:UNDI:002001"), None, Some(0), false), ClientKind::BiosPxe),
-            ("EFI BC", request(Some(b"PXEClient:Arch:00009:UNDI:003000"), None, Some(9), false), ClientKind::UefiPxe),
-            ("UEFI HTTP boot", request(Some(b"HTTPClient:Arch:00016:UNDI:003000"), None, Some(16), false), ClientKind::UefiHttp),
-            ("arch only in opt 60", request(Some(b"PXEClient:Arch:00007:UNDI:003000"), None, None, false), ClientKind::UefiPxe),
-            ("ARM64 PXE", request(Some(b"PXEClient:Arch:00011:UNDI:003000"), None, Some(11), false), ClientKind::UnsupportedPxe(11)),
-            ("RFC 3004 user class", request(None, Some(b"\x04iPXE"), None, false), ClientKind::Ipxe),
-            ("no options at all", request(None, None, None, false), ClientKind::Plain),
-            ("truncated vendor class", request(Some(b"PXEClient:Arch:0"), None, None, false), ClientKind::BiosPxe),
+            (
+                "QEMU BIOS iPXE ROM",
+                request(
+                    Some(b"PXEClient:Arch:00000:UNDI:002001"),
+                    Some(b"iPXE"),
+                    Some(0),
+                    true,
+                ),
+                ClientKind::Ipxe,
+            ),
+            (
+                "OVMF firmware PXE",
+                request(
+                    Some(b"PXEClient:Arch:00007:UNDI:003000"),
+                    None,
+                    Some(7),
+                    false,
+                ),
+                ClientKind::UefiPxe,
+            ),
+            (
+                "snponly.efi",
+                request(
+                    Some(b"PXEClient:Arch:00007:UNDI:003016"),
+                    Some(b"iPXE"),
+                    Some(7),
+                    false,
+                ),
+                ClientKind::Ipxe,
+            ),
+            (
+                "udhcpc in the ramdisk",
+                request(Some(b"udhcp 1.35.0"), None, None, false),
+                ClientKind::Plain,
+            ),
+            (
+                "BIOS PXE ROM",
+                request(
+                    Some(b"PXEClient:Arch:00000:UNDI:002001"),
+                    None,
+                    Some(0),
+                    false,
+                ),
+                ClientKind::BiosPxe,
+            ),
+            (
+                "EFI BC",
+                request(
+                    Some(b"PXEClient:Arch:00009:UNDI:003000"),
+                    None,
+                    Some(9),
+                    false,
+                ),
+                ClientKind::UefiPxe,
+            ),
+            (
+                "UEFI HTTP boot",
+                request(
+                    Some(b"HTTPClient:Arch:00016:UNDI:003000"),
+                    None,
+                    Some(16),
+                    false,
+                ),
+                ClientKind::UefiHttp,
+            ),
+            (
+                "arch only in opt 60",
+                request(Some(b"PXEClient:Arch:00007:UNDI:003000"), None, None, false),
+                ClientKind::UefiPxe,
+            ),
+            (
+                "ARM64 PXE",
+                request(
+                    Some(b"PXEClient:Arch:00011:UNDI:003000"),
+                    None,
+                    Some(11),
+                    false,
+                ),
+                ClientKind::UnsupportedPxe(11),
+            ),
+            (
+                "RFC 3004 user class",
+                request(None, Some(b"\x04iPXE"), None, false),
+                ClientKind::Ipxe,
+            ),
+            (
+                "no options at all",
+                request(None, None, None, false),
+                ClientKind::Plain,
+            ),
+            (
+                "truncated vendor class",
+                request(Some(b"PXEClient:Arch:0"), None, None, false),
+                ClientKind::BiosPxe,
+            ),
         ];
         for (name, request, expected) in cases {
             assert_eq!(classify(request), *expected, "{name}");

@@ -17,8 +17,15 @@ impl Pool {
         (u32::from(self.first)..=u32::from(self.last)).contains(&u32::from(ip))
     }
 
-    fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
-        (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from)
+    /// Every address once, starting at `from` (wrapping), so allocation resumes where it left off.
+    fn addresses_from(&self, from: u32) -> impl Iterator<Item = Ipv4Addr> {
+        let (first, last) = (u32::from(self.first), u32::from(self.last));
+        let start = if (first..=last).contains(&from) {
+            from
+        } else {
+            first
+        };
+        (start..=last).chain(first..start).map(Ipv4Addr::from)
     }
 }
 
@@ -42,6 +49,9 @@ pub enum NoAddress {
 pub struct LeaseTable {
     by_ip: HashMap<Ipv4Addr, Held>,
     by_mac: HashMap<MacAddress, Ipv4Addr>,
+    /// Where the next pool search starts: just after the last address handed out, which keeps
+    /// allocation O(1) amortised instead of rescanning the taken part of a large pool.
+    cursor: u32,
 }
 
 impl LeaseTable {
@@ -77,18 +87,21 @@ impl LeaseTable {
                 return Err(NoAddress::ReservedHeldByOther { ip, holder });
             }
             None => {
-                let previous = self
-                    .by_mac
-                    .get(&mac)
-                    .copied()
-                    .filter(|ip| free_for(self, *ip) && pool.is_some_and(|p| p.contains(*ip)) && !reserved.contains(ip));
+                let previous = self.by_mac.get(&mac).copied().filter(|ip| {
+                    free_for(self, *ip)
+                        && pool.is_some_and(|p| p.contains(*ip))
+                        && !reserved.contains(ip)
+                });
                 match previous {
                     Some(ip) => ip,
                     None => {
                         let pool = pool.ok_or(NoAddress::NoPool)?;
-                        pool.addresses()
+                        let ip = pool
+                            .addresses_from(self.cursor)
                             .find(|ip| !reserved.contains(ip) && free_for(self, *ip))
-                            .ok_or(NoAddress::PoolExhausted)?
+                            .ok_or(NoAddress::PoolExhausted)?;
+                        self.cursor = u32::from(ip).wrapping_add(1);
+                        ip
                     }
                 }
             }
@@ -99,15 +112,15 @@ impl LeaseTable {
 
     /// Records that `mac` holds `ip` (used when reloading persisted leases too).
     pub fn hold(&mut self, ip: Ipv4Addr, mac: MacAddress, expires_at: i64) {
-        if let Some(old) = self.by_mac.insert(mac, ip) {
-            if old != ip {
-                self.by_ip.remove(&old);
-            }
+        if let Some(old) = self.by_mac.insert(mac, ip)
+            && old != ip
+        {
+            self.by_ip.remove(&old);
         }
-        if let Some(previous) = self.by_ip.insert(ip, Held { mac, expires_at }) {
-            if previous.mac != mac {
-                self.by_mac.remove(&previous.mac);
-            }
+        if let Some(previous) = self.by_ip.insert(ip, Held { mac, expires_at })
+            && previous.mac != mac
+        {
+            self.by_mac.remove(&previous.mac);
         }
     }
 
@@ -128,19 +141,38 @@ mod tests {
     }
 
     fn pool() -> Pool {
-        Pool { first: Ipv4Addr::new(10, 0, 0, 100), last: Ipv4Addr::new(10, 0, 0, 102) }
+        Pool {
+            first: Ipv4Addr::new(10, 0, 0, 100),
+            last: Ipv4Addr::new(10, 0, 0, 102),
+        }
     }
 
     #[test]
     fn reservation_wins_and_pool_skips_reserved_addresses() {
         let mut table = LeaseTable::default();
         let reserved = HashSet::from([Ipv4Addr::new(10, 0, 0, 100)]);
-        let ip = table.assign(mac(1), Some(Ipv4Addr::new(10, 0, 0, 100)), Some(&pool()), &reserved, 0, 100).unwrap();
+        let ip = table
+            .assign(
+                mac(1),
+                Some(Ipv4Addr::new(10, 0, 0, 100)),
+                Some(&pool()),
+                &reserved,
+                0,
+                100,
+            )
+            .unwrap();
         assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 100));
-        let ip = table.assign(mac(2), None, Some(&pool()), &reserved, 0, 100).unwrap();
+        let ip = table
+            .assign(mac(2), None, Some(&pool()), &reserved, 0, 100)
+            .unwrap();
         assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 101));
         // The same client gets the same address back.
-        assert_eq!(table.assign(mac(2), None, Some(&pool()), &reserved, 50, 150).unwrap(), ip);
+        assert_eq!(
+            table
+                .assign(mac(2), None, Some(&pool()), &reserved, 50, 150)
+                .unwrap(),
+            ip
+        );
     }
 
     #[test]
@@ -148,11 +180,18 @@ mod tests {
         let mut table = LeaseTable::default();
         let none = HashSet::new();
         for n in 1..=3 {
-            table.assign(mac(n), None, Some(&pool()), &none, 0, 100).unwrap();
+            table
+                .assign(mac(n), None, Some(&pool()), &none, 0, 100)
+                .unwrap();
         }
-        assert_eq!(table.assign(mac(4), None, Some(&pool()), &none, 50, 150), Err(NoAddress::PoolExhausted));
+        assert_eq!(
+            table.assign(mac(4), None, Some(&pool()), &none, 50, 150),
+            Err(NoAddress::PoolExhausted)
+        );
         // After expiry the address can move to a new client.
-        let ip = table.assign(mac(4), None, Some(&pool()), &none, 100, 200).unwrap();
+        let ip = table
+            .assign(mac(4), None, Some(&pool()), &none, 100, 200)
+            .unwrap();
         assert!(pool().contains(ip));
         assert_eq!(table.holder(ip).map(|h| h.mac), Some(mac(4)));
     }
@@ -161,8 +200,12 @@ mod tests {
     fn reservation_held_by_another_mac_is_refused() {
         let mut table = LeaseTable::default();
         let none = HashSet::new();
-        let ip = table.assign(mac(1), None, Some(&pool()), &none, 0, 100).unwrap();
-        let err = table.assign(mac(2), Some(ip), None, &none, 10, 100).unwrap_err();
+        let ip = table
+            .assign(mac(1), None, Some(&pool()), &none, 0, 100)
+            .unwrap();
+        let err = table
+            .assign(mac(2), Some(ip), None, &none, 10, 100)
+            .unwrap_err();
         assert_eq!(err, NoAddress::ReservedHeldByOther { ip, holder: mac(1) });
     }
 

@@ -11,7 +11,7 @@ pub mod reply;
 mod server;
 
 pub use leases::Pool;
-pub use server::{DhcpServer, bind_socket};
+pub use server::{DhcpServer, bind_socket, decode};
 
 use std::net::Ipv4Addr;
 
@@ -74,7 +74,12 @@ impl DhcpConfig {
             router: Some(server_ip),
             dns: vec![server_ip],
             domain: Some("kiln.test".into()),
-            ..Self::new(DhcpMode::Reservation, server_ip, 24, format!("http://{server_ip}:8080"))
+            ..Self::new(
+                DhcpMode::Reservation,
+                server_ip,
+                24,
+                format!("http://{server_ip}:8080"),
+            )
         }
     }
 }

@@ -39,11 +39,19 @@ pub struct DhcpServer {
     store: Store,
     leases: Mutex<LeaseTable>,
     unknown_logged: Mutex<HashSet<MacAddress>>,
+    /// Inventory addresses, re-read at most once per [`RESERVED_TTL_MS`]: a pool allocation must
+    /// not hand out another node's address, and reading every node per packet would be O(nodes).
+    reserved: tokio::sync::Mutex<(i64, Arc<HashSet<Ipv4Addr>>)>,
 }
+
+const RESERVED_TTL_MS: i64 = 1000;
 
 impl DhcpServer {
     /// Loads persisted leases so clients keep their addresses across restarts.
-    pub async fn new(config: DhcpConfig, store: Store) -> Result<Arc<Self>, crate::store::StoreError> {
+    pub async fn new(
+        config: DhcpConfig,
+        store: Store,
+    ) -> Result<Arc<Self>, crate::store::StoreError> {
         let mut table = LeaseTable::default();
         for lease in store.leases().await? {
             table.hold(lease.ip, lease.mac, lease.expires_at);
@@ -53,12 +61,18 @@ impl DhcpServer {
             store,
             leases: Mutex::new(table),
             unknown_logged: Mutex::new(HashSet::new()),
+            reserved: tokio::sync::Mutex::new((i64::MIN, Arc::new(HashSet::new()))),
         }))
     }
 
     /// Serves one socket until `shutdown`. `proxy_port` marks the PXE port-4011 socket, whose
     /// replies go back to the sender.
-    pub async fn run(self: Arc<Self>, socket: UdpSocket, proxy_port: bool, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        socket: UdpSocket,
+        proxy_port: bool,
+        shutdown: CancellationToken,
+    ) {
         let mut buf = vec![0u8; 1500];
         loop {
             let (len, source) = tokio::select! {
@@ -71,7 +85,10 @@ impl DhcpServer {
                     }
                 },
             };
-            let Some((bytes, destination)) = self.handle(&buf[..len], source, proxy_port).await else { continue };
+            let Some((bytes, destination)) = self.handle(&buf[..len], source, proxy_port).await
+            else {
+                continue;
+            };
             if let Err(err) = socket.send_to(&bytes, destination).await {
                 tracing::warn!(error = %err, %destination, "DHCP send failed");
             }
@@ -79,7 +96,12 @@ impl DhcpServer {
     }
 
     /// Decides the reply to one datagram, if any, and where to send it.
-    pub async fn handle(&self, datagram: &[u8], source: SocketAddr, proxy_port: bool) -> Option<(Vec<u8>, SocketAddr)> {
+    pub async fn handle(
+        &self,
+        datagram: &[u8],
+        source: SocketAddr,
+        proxy_port: bool,
+    ) -> Option<(Vec<u8>, SocketAddr)> {
         let message = match decode(datagram) {
             Some(message) => message,
             None => {
@@ -98,7 +120,10 @@ impl DhcpServer {
         let (answer, node_uuid) = match self.config.mode {
             DhcpMode::Proxy => {
                 let node = self.known_node(request.mac).await?;
-                (answer::proxy(&request, kind, &self.config), node.map(|n| n.0))
+                (
+                    answer::proxy(&request, kind, &self.config),
+                    node.map(|n| n.0),
+                )
             }
             DhcpMode::Reservation => self.reservation(&request, kind).await?,
         };
@@ -119,10 +144,18 @@ impl DhcpServer {
     /// with discovery on, `None` to stay silent.
     async fn known_node(&self, mac: MacAddress) -> Option<Option<(uuid::Uuid, Option<Ipv4Addr>)>> {
         match self.store.node_by_mac(mac).await {
-            Ok(Some(node)) => Some(Some((node.uuid, node.spec.network.as_ref().map(|n| n.address)))),
+            Ok(Some(node)) => Some(Some((
+                node.uuid,
+                node.spec.network.as_ref().map(|n| n.address),
+            ))),
             Ok(None) if self.config.discovery => Some(None),
             Ok(None) => {
-                if self.unknown_logged.lock().map(|mut seen| seen.insert(mac)).unwrap_or(false) {
+                if self
+                    .unknown_logged
+                    .lock()
+                    .map(|mut seen| seen.insert(mac))
+                    .unwrap_or(false)
+                {
                     tracing::info!(%mac, "DHCP request from an unknown MAC ignored (discovery is off)");
                 }
                 None
@@ -134,19 +167,48 @@ impl DhcpServer {
         }
     }
 
-    async fn reservation(&self, request: &Request, kind: ClientKind) -> Option<(Answer, Option<uuid::Uuid>)> {
+    async fn reservation(
+        &self,
+        request: &Request,
+        kind: ClientKind,
+    ) -> Option<(Answer, Option<uuid::Uuid>)> {
         let node = self.known_node(request.mac).await?;
         let (uuid, reservation, pool, lease_secs) = match node {
-            Some((uuid, reservation)) => (Some(uuid), reservation, self.config.pool, self.config.lease_secs),
-            None => (None, None, self.config.discovery_pool, self.config.discovery_lease_secs),
+            Some((uuid, reservation)) => (
+                Some(uuid),
+                reservation,
+                self.config.pool,
+                self.config.lease_secs,
+            ),
+            None => (
+                None,
+                None,
+                self.config.discovery_pool,
+                self.config.discovery_lease_secs,
+            ),
         };
         let ip = match request.msg_type {
             MessageType::Discover | MessageType::Request => {
-                let reserved = if reservation.is_none() { self.reserved_addresses().await } else { HashSet::new() };
+                let reserved = if reservation.is_none() {
+                    self.reserved_addresses().await
+                } else {
+                    Arc::default()
+                };
                 let now = now_ms();
-                let hold = if request.msg_type == MessageType::Discover { OFFER_HOLD_MS } else { i64::from(lease_secs) * 1000 };
+                let hold = if request.msg_type == MessageType::Discover {
+                    OFFER_HOLD_MS
+                } else {
+                    i64::from(lease_secs) * 1000
+                };
                 let assigned = match self.leases.lock() {
-                    Ok(mut table) => table.assign(request.mac, reservation, pool.as_ref(), &reserved, now, now + hold),
+                    Ok(mut table) => table.assign(
+                        request.mac,
+                        reservation,
+                        pool.as_ref(),
+                        &reserved,
+                        now,
+                        now + hold,
+                    ),
                     Err(_) => return None,
                 };
                 match assigned {
@@ -163,22 +225,42 @@ impl DhcpServer {
     }
 
     /// Inventory addresses of all nodes: never handed out from the pool to anyone else.
-    async fn reserved_addresses(&self) -> HashSet<Ipv4Addr> {
-        match self.store.list_nodes().await {
-            Ok(nodes) => nodes.iter().filter_map(|n| n.spec.network.as_ref().map(|net| net.address)).collect(),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read reserved addresses");
-                HashSet::new()
+    async fn reserved_addresses(&self) -> Arc<HashSet<Ipv4Addr>> {
+        let mut cached = self.reserved.lock().await;
+        let now = now_ms();
+        if now.saturating_sub(cached.0) >= RESERVED_TTL_MS {
+            match self.store.list_nodes().await {
+                Ok(nodes) => {
+                    let set = nodes
+                        .iter()
+                        .filter_map(|n| n.spec.network.as_ref().map(|net| net.address))
+                        .collect();
+                    *cached = (now, Arc::new(set));
+                }
+                Err(err) => tracing::warn!(error = %err, "cannot read reserved addresses"),
             }
         }
+        Arc::clone(&cached.1)
     }
 
     /// Persists what the answer changed and records the node's timeline.
-    async fn after(&self, request: &Request, kind: ClientKind, answer: &Answer, node: Option<uuid::Uuid>) {
+    async fn after(
+        &self,
+        request: &Request,
+        kind: ClientKind,
+        answer: &Answer,
+        node: Option<uuid::Uuid>,
+    ) {
         match answer {
             Answer::Ack { ip, .. } => {
                 let expires_at = now_ms() + i64::from(self.config.lease_secs) * 1000;
-                let lease = Lease { ip: *ip, mac: request.mac, node_uuid: node, expires_at, discovered: node.is_none() };
+                let lease = Lease {
+                    ip: *ip,
+                    mac: request.mac,
+                    node_uuid: node,
+                    expires_at,
+                    discovered: node.is_none(),
+                };
                 if let Err(err) = self.store.upsert_lease(&lease).await {
                     tracing::warn!(error = %err, "cannot persist lease");
                 }
@@ -195,29 +277,43 @@ impl DhcpServer {
         }
         let Some(uuid) = node else { return };
         let event = match answer {
-            Answer::Offer { ip, boot } => Some(("dhcp-offer", format!("{ip} to {kind:?}, boot {boot:?}"))),
-            Answer::Ack { ip, boot } => Some(("dhcp-ack", format!("{ip} to {kind:?}, boot {boot:?}"))),
-            Answer::BootOnly { msg_type, boot } => Some(("dhcp-boot-info", format!("{msg_type:?} to {kind:?}, boot {boot:?}"))),
+            Answer::Offer { ip, boot } => {
+                Some(("dhcp-offer", format!("{ip} to {kind:?}, boot {boot:?}")))
+            }
+            Answer::Ack { ip, boot } => {
+                Some(("dhcp-ack", format!("{ip} to {kind:?}, boot {boot:?}")))
+            }
+            Answer::BootOnly { msg_type, boot } => Some((
+                "dhcp-boot-info",
+                format!("{msg_type:?} to {kind:?}, boot {boot:?}"),
+            )),
             Answer::Nak(reason) => Some(("dhcp-nak", (*reason).to_string())),
             _ => None,
         };
-        if let Some((kind, detail)) = event {
-            if let Err(err) = self.store.record_event(uuid, kind, &detail).await {
-                tracing::warn!(error = %err, "cannot record DHCP event");
-            }
+        if let Some((kind, detail)) = event
+            && let Err(err) = self.store.record_event(uuid, kind, &detail).await
+        {
+            tracing::warn!(error = %err, "cannot record DHCP event");
         }
     }
 }
 
 /// Decodes a datagram; any decoder panic (dhcproto has debug assertions on hostile input) is
 /// caught and treated as a malformed packet.
-fn decode(datagram: &[u8]) -> Option<v4::Message> {
-    std::panic::catch_unwind(|| v4::Message::decode(&mut Decoder::new(datagram)).ok()).ok().flatten()
+pub fn decode(datagram: &[u8]) -> Option<v4::Message> {
+    std::panic::catch_unwind(|| v4::Message::decode(&mut Decoder::new(datagram)).ok())
+        .ok()
+        .flatten()
 }
 
 /// RFC 2131 §4.1: relay → relay port 67; the PXE 4011 port → back to the sender; a client that
 /// already has an address and did not ask for broadcast → unicast; otherwise broadcast.
-fn destination(request: &Request, answer: &Answer, source: SocketAddr, proxy_port: bool) -> SocketAddr {
+fn destination(
+    request: &Request,
+    answer: &Answer,
+    source: SocketAddr,
+    proxy_port: bool,
+) -> SocketAddr {
     if !request.giaddr.is_unspecified() {
         return SocketAddr::V4(SocketAddrV4::new(request.giaddr, 67));
     }

@@ -1,0 +1,1 @@
+//! IPMI over LAN (RMCP+ / lanplus) client.
