@@ -25,7 +25,7 @@ YAML
 boot_once() { # $@: extra serve flags; prints seconds from VM start to the script's echo
     rm -rf "$WORK/kiln"; mkdir -p "$WORK/kiln"
     ip netns exec "$NS" "$KILN" --data-dir "$WORK/kiln" --log-level warn serve --listen 127.0.0.1:0 \
-        --boot-interface br0 "$@" 2>"$WORK/kiln.log" &
+        --boot-interface br0 "$@" >/dev/null 2>"$WORK/kiln.log" &
     server_pid=$!
     wait_kiln "$WORK/kiln"
     ip netns exec "$NS" "$KILN" --data-dir "$WORK/kiln" enroll "$WORK/rack.yaml" >/dev/null
@@ -34,7 +34,7 @@ boot_once() { # $@: extra serve flags; prints seconds from VM start to the scrip
     ip netns exec "$NS" qemu-system-x86_64 -accel tcg -machine pc,graphics=off -m 256 -nodefaults \
         -display none -vga none -monitor none -no-reboot -boot n \
         -netdev tap,id=n0,ifname=tap0,script=no,downscript=no -device virtio-net-pci,netdev=n0,mac=$MAC \
-        -serial "file:$WORK/serial.log" &
+        -serial "file:$WORK/serial.log" >/dev/null 2>&1 &
     local vm=$!
     until grep -q "Kiln: ra-bench" "$WORK/serial.log" 2>/dev/null; do sleep 0.05; done
     local end; end=$(date +%s.%N)

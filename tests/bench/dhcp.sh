@@ -24,14 +24,14 @@ start_kiln() {
     # perfdhcp's clients are unknown MACs: Kiln serves them from its discovery pool.
     ip netns exec "$NS" "$KILN" --data-dir "$WORK/kiln" --log-level warn serve --listen 127.0.0.1:0 \
         --boot-interface br0 --discovery-pool "$POOL_FIRST-$POOL_LAST" --no-router-advertisements \
-        --tftp-root /usr/lib/ipxe 2>"$WORK/kiln.log" &
+        --tftp-root /usr/lib/ipxe >/dev/null 2>"$WORK/kiln.log" &
     server_pid=$!
     wait_kiln "$WORK/kiln"
 }
 start_dnsmasq() {
     ip netns exec "$NS" dnsmasq --no-daemon --port=0 --interface=br0 --bind-interfaces --no-ping \
         --dhcp-range=$POOL_FIRST,$POOL_LAST,255.255.0.0,1h --dhcp-lease-max=100000 \
-        --dhcp-leasefile="$WORK/dnsmasq.leases" --conf-file=/dev/null 2>"$WORK/dnsmasq.log" &
+        --dhcp-leasefile="$WORK/dnsmasq.leases" --conf-file=/dev/null >/dev/null 2>"$WORK/dnsmasq.log" &
     server_pid=$!
     rm -f "$WORK"/dnsmasq.leases
     sleep 0.5
@@ -52,11 +52,13 @@ JSON
 
 perf() { ip netns exec "$CL" perfdhcp -4 -l eth0 "$@" 10.78.0.1 2>&1; }
 
+# Sets $result to the seconds perfdhcp needed to provision 134 clients arriving at once.
 avalanche() {
     local out; out=$(perf --scenario avalanche -R 134 -s 7)
-    echo "$out" | sed -n 's/^It took \([0-9:.]*\) to provision 134 clients.*/\1/p' | awk -F: '{printf "%.3f", $1*3600+$2*60+$3}'
+    result=$(echo "$out" | sed -n 's/^It took \([0-9:.]*\) to provision 134 clients.*/\1/p' | awk -F: '{printf "%.3f", $1*3600+$2*60+$3}')
 }
 
+# Sets $result to the highest rate with no dropped exchange (fresh server for every step).
 sustained() {
     local best=0 rate out drops recv
     for rate in 250 500 1000 2000 4000 8000; do
@@ -66,12 +68,12 @@ sustained() {
         if [ "${drops:-1}" = 0 ] && [ "${recv:-0}" -gt 0 ]; then best=$rate; else break; fi
         stop_server; "start_$1"
     done
-    echo "$best"
+    result=$best
 }
 
 printf '%-8s %22s %26s\n' server "avalanche 134 (s)" "loss-free DORA/s (5 s)"
 for server in kiln dnsmasq kea; do
-    "start_$server"; a=$(avalanche); stop_server
-    "start_$server"; s=$(sustained "$server"); stop_server
+    "start_$server"; avalanche; a=$result; stop_server
+    "start_$server"; sustained "$server"; s=$result; stop_server
     printf '%-8s %22s %26s\n' "$server" "$a" "$s"
 done

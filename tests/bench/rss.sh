@@ -22,7 +22,7 @@ inv=$WORK/rack.yaml
 } > "$inv"
 mkdir -p "$WORK/kiln"
 ip netns exec "$NS" "$KILN" --data-dir "$WORK/kiln" --log-level warn serve --listen 127.0.0.1:0 \
-    --boot-interface br0 --discovery-pool 10.78.1.0-10.78.9.255 --no-router-advertisements 2>"$WORK/kiln.log" &
+    --boot-interface br0 --discovery-pool 10.78.1.0-10.78.9.255 --no-router-advertisements >/dev/null 2>"$WORK/kiln.log" &
 server_pid=$!
 wait_kiln "$WORK/kiln"
 k() { ip netns exec "$NS" "$KILN" --data-dir "$WORK/kiln" "$@"; }

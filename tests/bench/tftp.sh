@@ -24,18 +24,18 @@ SIZE=$(stat -c %s /usr/lib/ipxe/$FILE)
 start_kiln() {
     rm -rf "$WORK/kiln"; mkdir -p "$WORK/kiln"
     ip netns exec "$NS" "$KILN" --data-dir "$WORK/kiln" --log-level warn serve --listen 127.0.0.1:0 \
-        --boot-interface br0 --dhcp-mode off --no-router-advertisements --tftp-root /usr/lib/ipxe 2>"$WORK/kiln.log" &
+        --boot-interface br0 --dhcp-mode off --no-router-advertisements --tftp-root /usr/lib/ipxe >/dev/null 2>"$WORK/kiln.log" &
     server_pid=$!
     wait_kiln "$WORK/kiln"
 }
 start_dnsmasq() {
     ip netns exec "$NS" dnsmasq --no-daemon --port=0 --interface=br0 --bind-interfaces --enable-tftp \
-        --tftp-root=/usr/lib/ipxe --conf-file=/dev/null 2>"$WORK/dnsmasq.log" &
+        --tftp-root=/usr/lib/ipxe --conf-file=/dev/null >/dev/null 2>"$WORK/dnsmasq.log" &
     server_pid=$!
     sleep 0.5
 }
 start_tftpd_hpa() {
-    ip netns exec "$NS" in.tftpd --foreground --listen --address 10.78.0.1:69 --secure /usr/lib/ipxe 2>"$WORK/tftpd.log" &
+    ip netns exec "$NS" in.tftpd --foreground --listen --address 10.78.0.1:69 --secure /usr/lib/ipxe >/dev/null 2>"$WORK/tftpd.log" &
     server_pid=$!
     sleep 0.5
 }
