@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
 source tests/bench/lab.sh
 cargo build --release --locked --quiet --bin kiln
-KILN=$PWD/target/release/kiln
+KILN=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
 MAC=52:54:00:78:00:10
 ip -n "$NS" tuntap add dev tap0 mode tap
 ip -n "$NS" link set tap0 master br0 up

@@ -15,7 +15,7 @@ command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 source tests/bench/lab.sh
 install_peers "${need[@]}"
 cargo build --release --locked --quiet --bin kiln
-KILN=$PWD/target/release/kiln
+KILN=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
 
 POOL_FIRST=10.78.1.0 POOL_LAST=10.78.254.255
 

@@ -9,7 +9,7 @@ N=${1:-1000}
 command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
 source tests/bench/lab.sh
 cargo build --release --locked --quiet --bin kiln
-KILN=$PWD/target/release/kiln
+KILN=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
 inv=$WORK/rack.yaml
 {
     echo "defaults:"

@@ -17,7 +17,7 @@ command -v curl >/dev/null || need+=(curl)
 source tests/bench/lab.sh
 install_peers "${need[@]}"
 cargo build --release --locked --quiet --bin kiln
-KILN=$PWD/target/release/kiln
+KILN=${CARGO_TARGET_DIR:-$PWD/target}/release/kiln
 FILE=undionly.kpxe
 SIZE=$(stat -c %s /usr/lib/ipxe/$FILE)
 
