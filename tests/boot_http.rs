@@ -436,6 +436,9 @@ fn golden_scripts() {
         last_error: None,
         created_at: 0,
         updated_at: 0,
+        power_state: None,
+        bmc_error: None,
+        power_checked_at: None,
     };
     let mac = |index: usize| specs[index].nics[0].mac;
     let unknown: MacAddress = "52:54:00:99:99:99".parse().unwrap();

@@ -22,6 +22,9 @@ pub enum ApiError {
     InvalidInventory(Vec<InventoryError>),
     #[error("{0}")]
     NotImplemented(String),
+    /// The node's BMC failed; the message is the plain reason (never credentials).
+    #[error("{0}")]
+    Bmc(String),
     #[error("internal error; see the daemon log")]
     Internal,
 }
@@ -35,6 +38,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::InvalidInventory(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_inventory"),
             Self::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+            Self::Bmc(_) => (StatusCode::BAD_GATEWAY, "bmc_error"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -2,10 +2,12 @@
 
 mod auth;
 mod error;
+mod power;
 
 pub use auth::{TOKEN_FILE, load_or_create_token};
 pub use error::ApiError;
 
+use crate::bmc::registry::Registry;
 use crate::conductor::Conductor;
 use crate::inventory;
 use crate::model::{Node, Verb};
@@ -21,6 +23,7 @@ use std::sync::Arc;
 pub struct ApiState {
     pub conductor: Conductor,
     pub token: Arc<str>,
+    pub bmcs: Arc<Registry>,
 }
 
 /// Builds the router; the caller binds the listener (tests use port 0).
@@ -30,14 +33,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/nodes/{name}", get(show_node).delete(delete_node))
         .route("/nodes/{name}/history", get(node_history))
         .route("/nodes/{name}/states/provision", put(set_provision_state))
-        .route(
-            "/nodes/{name}/states/power",
-            get(power_unavailable).put(power_unavailable),
-        )
-        .route(
-            "/nodes/{name}/states/boot_device",
-            get(power_unavailable).put(power_unavailable),
-        )
+        .route("/nodes/{name}/states/power", get(power::status).put(power::set))
+        .route("/nodes/{name}/states/boot_device", get(power::boot_device).put(power::set_boot_device))
         .route("/inventory", axum::routing::post(enroll))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -93,11 +90,6 @@ async fn set_provision_state(
     Ok((StatusCode::ACCEPTED, Json(node)))
 }
 
-async fn power_unavailable(Path(name): Path<String>) -> ApiError {
-    ApiError::NotImplemented(format!(
-        "node '{name}': no BMC driver is configured on this conductor"
-    ))
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

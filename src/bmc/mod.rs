@@ -2,8 +2,10 @@
 //! Redfish), and the guard every call goes through (timeouts, retries, per-BMC serialization,
 //! circuit breaker) so a slow or broken BMC never stalls other nodes.
 
+pub mod guard;
 pub mod ipmi;
 pub mod redfish;
+pub mod registry;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

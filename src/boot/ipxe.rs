@@ -248,6 +248,9 @@ mod tests {
             last_error: None,
             created_at: 0,
             updated_at: 0,
+            power_state: None,
+            bmc_error: None,
+            power_checked_at: None,
         }
     }
 

@@ -63,6 +63,8 @@ enum Command {
         database_url: Option<String>,
         #[command(flatten)]
         boot: boot::BootOptions,
+        #[command(flatten)]
+        power_sync: serve::PowerSyncOptions,
     },
     /// Enroll (or update) the nodes of an inventory file, all or nothing.
     Enroll {
@@ -113,6 +115,15 @@ enum NodeCommand {
     Abort { names: Vec<String> },
     /// manageable → cleaning → manageable.
     Clean { names: Vec<String> },
+    /// Power control through the node's BMC: on, off, soft-off, reset, cycle, or status.
+    Power { name: String, action: String },
+    /// Set the next boot device (one-time unless --persistent), in the node's boot mode.
+    BootDevice {
+        name: String,
+        device: String,
+        #[arg(long)]
+        persistent: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -192,8 +203,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             database_url,
             boot,
+            power_sync,
         } => {
-            serve::run(&settings, listen, database_url, &boot).await?;
+            serve::run(&settings, listen, database_url, &boot, &power_sync).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inventory {
@@ -247,6 +259,26 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
             } else {
                 ExitCode::SUCCESS
             });
+        }
+        NodeCommand::Power { name, action } => {
+            let path = format!("/nodes/{name}/states/power");
+            let reply: serde_json::Value = if action == "status" {
+                client.get(&path).await?
+            } else {
+                client.put(&path, &serde_json::json!({"target": action})).await?
+            };
+            output::power(&name, &reply, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::BootDevice { name, device, persistent } => {
+            let body = serde_json::json!({"device": device, "persistent": persistent});
+            let reply: serde_json::Value = client.put(&format!("/nodes/{name}/states/boot_device"), &body).await?;
+            if json {
+                println!("{reply}");
+            } else {
+                println!("{name}: next boot from {device}{}", if persistent { " (persistent)" } else { " (once)" });
+            }
+            return Ok(ExitCode::SUCCESS);
         }
         NodeCommand::Manage { names } => (Verb::Manage, names),
         NodeCommand::Provide { names } => (Verb::Provide, names),

@@ -96,6 +96,7 @@ pub fn node_list(nodes: &[Value], json: bool) {
         "Name",
         "UUID",
         "BMC",
+        "Power",
         "Provision state",
         "Target",
         "Services",
@@ -111,6 +112,10 @@ pub fn node_list(nodes: &[Value], json: bool) {
                 text(&spec["bmc"]["kind"]),
                 text(&spec["bmc"]["address"])
             ),
+            match node["bmc_error"].as_str() {
+                Some(reason) => format!("{} ({reason})", text(&node["power_state"])),
+                None => text(&node["power_state"]),
+            },
             text(&node["provision_state"]),
             text(&node["target_provision_state"]),
             text(&node["services_status"]),
@@ -139,6 +144,8 @@ pub fn node_show(node: &Value, json: bool) {
         ),
         ("services_status", text(&node["services_status"])),
         ("last_error", text(&node["last_error"])),
+        ("power_state", text(&node["power_state"])),
+        ("bmc_error", text(&node["bmc_error"])),
         ("bmc", text(&spec["bmc"])),
         ("nics", text(&spec["nics"])),
         ("boot_mode", text(&spec["boot_mode"])),
@@ -152,6 +159,14 @@ pub fn node_show(node: &Value, json: bool) {
         table.add_row([field.to_string(), value]);
     }
     println!("{table}");
+}
+
+pub fn power(name: &str, reply: &Value, json: bool) {
+    if json {
+        println!("{reply}");
+    } else {
+        println!("{name}: power {}", text(&reply["power_state"]));
+    }
 }
 
 pub fn history(entries: &[Value], json: bool) {

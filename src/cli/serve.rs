@@ -2,13 +2,27 @@
 
 use super::{LogFormat, Settings};
 use crate::api::{self, ApiState};
-use crate::conductor::{BasicProvisioner, Conductor};
+use crate::bmc::guard::GuardPolicy;
+use crate::bmc::registry::{Drivers, Registry, run_power_sync};
+use crate::conductor::{BmcProvisioner, Conductor};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// How often the daemon reads every node's real power state from its BMC (Ironic's
+/// `sync_power_state_interval`, 60 s by default there too).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PowerSyncOptions {
+    /// Seconds between power-state sync passes; 0 turns the sync off.
+    #[arg(long = "power-sync-interval", env = "KILN_POWER_SYNC_INTERVAL", default_value_t = 60)]
+    pub interval_secs: u64,
+    /// BMCs queried at once during a sync pass.
+    #[arg(long = "power-sync-concurrency", env = "KILN_POWER_SYNC_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+}
 
 /// File in the data directory holding the URL the daemon listens on (so the CLI finds it).
 pub const API_URL_FILE: &str = "api-url";
@@ -31,6 +45,7 @@ pub async fn run(
     listen: Option<SocketAddr>,
     database_url: Option<String>,
     boot: &super::boot::BootOptions,
+    power_sync: &PowerSyncOptions,
 ) -> Result<()> {
     init_logging(settings);
     let data_dir = &settings.data_dir;
@@ -47,10 +62,15 @@ pub async fn run(
     .context("cannot open the database")?;
     tracing::info!(dialect = ?store.dialect(), "database ready");
 
-    let conductor = Conductor::new(store.clone(), Arc::new(BasicProvisioner));
+    let bmcs = Arc::new(Registry::new(Arc::new(Drivers), GuardPolicy::default()));
+    let conductor = Conductor::new(store.clone(), Arc::new(BmcProvisioner { registry: Arc::clone(&bmcs) }));
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(conductor.clone().run(shutdown.clone()));
+    if power_sync.interval_secs > 0 {
+        let every = std::time::Duration::from_secs(power_sync.interval_secs);
+        tasks.spawn(run_power_sync(store.clone(), Arc::clone(&bmcs), every, power_sync.concurrency, shutdown.clone()));
+    }
 
     let listen = listen
         .or(settings.file.listen)
@@ -66,10 +86,7 @@ pub async fn run(
     tracing::info!(address = %bound, "kiln API listening");
     super::boot::start(boot, data_dir, bound.port(), &store, &mut tasks, &shutdown).await?;
 
-    let app = api::router(ApiState {
-        conductor,
-        token: token.into(),
-    });
+    let app = api::router(ApiState { conductor, token: token.into(), bmcs });
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -7,7 +7,7 @@
 
 mod provisioner;
 
-pub use provisioner::{BasicProvisioner, Outcome, Provisioner};
+pub use provisioner::{BasicProvisioner, BmcProvisioner, Outcome, Provisioner};
 
 use crate::model::{Event, Input, InvalidTransition, Node, Verb, next};
 use crate::store::{Store, StoreError};

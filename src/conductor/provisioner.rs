@@ -59,3 +59,33 @@ impl Provisioner for BasicProvisioner {
         }
     }
 }
+
+/// The provisioner with real BMCs: verification reads the power state through the node's BMC
+/// (so wrong credentials or an unreachable BMC fail `manage` with a plain reason, as in Ironic),
+/// tear-down powers the node off, cleaning has no steps yet, and deploys wait for the deploy
+/// workflow.
+pub struct BmcProvisioner {
+    pub registry: std::sync::Arc<crate::bmc::registry::Registry>,
+}
+
+#[async_trait::async_trait]
+impl Provisioner for BmcProvisioner {
+    async fn advance(&self, node: &Node) -> Outcome {
+        use crate::bmc::{Bmc, PowerAction};
+        let bmc = match self.registry.for_node(node).await {
+            Ok(bmc) => bmc,
+            Err(err) => return Outcome::Failed { reason: err.to_string() },
+        };
+        match node.provision_state {
+            ProvisionState::Verifying => match bmc.power_state().await {
+                Ok(state) => Outcome::Done { reason: format!("BMC answered: power {state}") },
+                Err(err) => Outcome::Failed { reason: err.to_string() },
+            },
+            ProvisionState::Deleting => match bmc.power(PowerAction::Off).await {
+                Ok(()) => Outcome::Done { reason: "powered off".into() },
+                Err(err) => Outcome::Failed { reason: format!("cannot power off: {err}") },
+            },
+            _ => BasicProvisioner.advance(node).await,
+        }
+    }
+}

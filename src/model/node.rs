@@ -333,6 +333,11 @@ pub struct Node {
     /// Unix time in milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
+    /// Last power state the BMC reported (`on`/`off`), kept when the BMC becomes unreadable.
+    pub power_state: Option<String>,
+    /// Why the BMC could not be read at the last check, in plain words; `None` when it could.
+    pub bmc_error: Option<String>,
+    pub power_checked_at: Option<i64>,
 }
 
 #[cfg(test)]

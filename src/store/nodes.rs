@@ -34,7 +34,7 @@ pub struct HistoryEntry {
     pub reason: String,
 }
 
-const NODE_COLUMNS: &str = "uuid, name, spec, bmc_password, provision_state, target_provision_state, services_status, last_error, created_at, updated_at";
+const NODE_COLUMNS: &str = "uuid, name, spec, bmc_password, provision_state, target_provision_state, services_status, last_error, created_at, updated_at, power_state, bmc_error, power_checked_at";
 
 impl Store {
     /// Enrolls or updates every node in one transaction: either all of them land or none does.
@@ -274,6 +274,32 @@ impl Store {
         self.node(&node.spec.name).await
     }
 
+    /// Records what the BMC said about power (`Ok(state)`) or why it could not say (`Err(reason)`).
+    /// Returns the previously recorded power state, so callers can report drift.
+    pub async fn record_power(&self, uuid: Uuid, observed: Result<&str, &str>) -> Result<Option<String>, StoreError> {
+        let previous: Option<Option<String>> = sqlx::query_scalar("SELECT power_state FROM nodes WHERE uuid = $1")
+            .bind(uuid.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the power state")?;
+        let (state, error) = match observed {
+            Ok(state) => (Some(state.to_string()), None),
+            Err(reason) => (None, Some(reason.to_string())),
+        };
+        // An unreadable BMC keeps the last known state; only the error changes.
+        sqlx::query(
+            "UPDATE nodes SET power_state = COALESCE($1, power_state), bmc_error = $2, power_checked_at = $3 WHERE uuid = $4",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(now_ms())
+        .bind(uuid.to_string())
+        .execute(&self.pool)
+        .await
+        .context("recording the power state")?;
+        Ok(previous.flatten())
+    }
+
     pub async fn set_services_status(
         &self,
         name: &str,
@@ -440,6 +466,9 @@ fn decode_node(row: &AnyRow) -> Result<Node, StoreError> {
         target_provision_state: target.map(|t| t.parse()).transpose().map_err(corrupt)?,
         services_status: services.parse().map_err(corrupt)?,
         last_error: row.try_get("last_error").context("decoding a node")?,
+        power_state: row.try_get("power_state").context("decoding a node")?,
+        bmc_error: row.try_get("bmc_error").context("decoding a node")?,
+        power_checked_at: row.try_get("power_checked_at").context("decoding a node")?,
         created_at: row.try_get("created_at").context("decoding a node")?,
         updated_at: row.try_get("updated_at").context("decoding a node")?,
     })

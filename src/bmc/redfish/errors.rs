@@ -23,11 +23,11 @@ pub fn from_reqwest(err: &reqwest::Error, host: &str, timeout: Duration) -> BmcE
         return BmcError::Protocol(format!("the reply from {host} could not be read"));
     }
     if err.is_redirect() {
-        return BmcError::Protocol(format!(
-            "{host} redirected to another address or too often"
-        ));
+        return BmcError::Protocol(format!("{host} redirected to another address or too often"));
     }
-    BmcError::Protocol(format!("{host} closed the connection without a valid reply"))
+    BmcError::Protocol(format!(
+        "{host} closed the connection without a valid reply"
+    ))
 }
 
 /// Walks an error's sources for an I/O or TLS cause. Separate from reqwest so it can be tested
@@ -88,6 +88,9 @@ pub fn from_status(method: &str, path: &str, status: u16, body: &[u8]) -> BmcErr
     match status {
         401 | 403 => BmcError::WrongCredentials,
         404 => BmcError::Protocol(format!("{path} does not exist on this BMC (HTTP 404)")),
+        412 => BmcError::Protocol(format!(
+            "{path} changed while it was being updated (HTTP 412); try again"
+        )),
         _ => {
             let detail = redfish_message(body)
                 .map(|m| format!(": {m}"))
@@ -148,24 +151,42 @@ mod tests {
             io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        let dns = io::Error::other("failed to lookup address information: Name or service not known");
+        let dns =
+            io::Error::other("failed to lookup address information: Name or service not known");
         let cases: Vec<(io::Error, Option<BmcError>)> = vec![
-            (io::ErrorKind::ConnectionRefused.into(), Some(BmcError::Refused)),
-            (io::ErrorKind::TimedOut.into(), Some(BmcError::Timeout(1500))),
+            (
+                io::ErrorKind::ConnectionRefused.into(),
+                Some(BmcError::Refused),
+            ),
+            (
+                io::ErrorKind::TimedOut.into(),
+                Some(BmcError::Timeout(1500)),
+            ),
             (
                 io::ErrorKind::HostUnreachable.into(),
-                Some(BmcError::Unreachable("cannot connect to bmc:443: host unreachable".into())),
+                Some(BmcError::Unreachable(
+                    "cannot connect to bmc:443: host unreachable".into(),
+                )),
             ),
-            (dns, Some(BmcError::Unreachable("cannot resolve the host name bmc:443".into()))),
+            (
+                dns,
+                Some(BmcError::Unreachable(
+                    "cannot resolve the host name bmc:443".into(),
+                )),
+            ),
             (
                 tls,
                 Some(BmcError::Protocol(
-                    "TLS handshake with bmc:443 failed: invalid peer certificate: UnknownIssuer".into(),
+                    "TLS handshake with bmc:443 failed: invalid peer certificate: UnknownIssuer"
+                        .into(),
                 )),
             ),
-            (io::ErrorKind::ConnectionReset.into(), Some(BmcError::Protocol(
-                "bmc:443 closed the connection (connection reset)".into(),
-            ))),
+            (
+                io::ErrorKind::ConnectionReset.into(),
+                Some(BmcError::Protocol(
+                    "bmc:443 closed the connection (connection reset)".into(),
+                )),
+            ),
             (io::ErrorKind::PermissionDenied.into(), None),
         ];
         for (io_err, want) in cases {
@@ -182,14 +203,35 @@ mod tests {
         let cases: Vec<(u16, &[u8], BmcError)> = vec![
             (401, b"", BmcError::WrongCredentials),
             (403, b"", BmcError::WrongCredentials),
-            (404, b"", BmcError::Protocol("/x does not exist on this BMC (HTTP 404)".into())),
-            (400, body, BmcError::Protocol(
-                "PATCH /x answered HTTP 400: The property Foo is read-only.".into(),
-            )),
-            (500, b"<html>oops</html>", BmcError::Protocol("PATCH /x answered HTTP 500".into())),
-            (500, br#"{"error": {"message": "  "}}"#, BmcError::Protocol(
-                "PATCH /x answered HTTP 500".into(),
-            )),
+            (
+                404,
+                b"",
+                BmcError::Protocol("/x does not exist on this BMC (HTTP 404)".into()),
+            ),
+            (
+                412,
+                b"",
+                BmcError::Protocol(
+                    "/x changed while it was being updated (HTTP 412); try again".into(),
+                ),
+            ),
+            (
+                400,
+                body,
+                BmcError::Protocol(
+                    "PATCH /x answered HTTP 400: The property Foo is read-only.".into(),
+                ),
+            ),
+            (
+                500,
+                b"<html>oops</html>",
+                BmcError::Protocol("PATCH /x answered HTTP 500".into()),
+            ),
+            (
+                500,
+                br#"{"error": {"message": "  "}}"#,
+                BmcError::Protocol("PATCH /x answered HTTP 500".into()),
+            ),
         ];
         for (status, body, want) in cases {
             assert_eq!(from_status("PATCH", "/x", status, body), want, "{status}");

@@ -1,1 +1,0 @@
-//! IPMI over LAN (RMCP+ / lanplus) client.

@@ -1,1 +1,0 @@
-//! Redfish client.
