@@ -57,6 +57,18 @@ async fn start(lab: &Lab, store: &Store, discovery: bool) -> CancellationToken {
     shutdown
 }
 
+/// Leases are persisted just behind the reply: poll until `count` are stored.
+async fn stored_leases(store: &Store, count: usize) -> Vec<kiln::store::Lease> {
+    for _ in 0..100 {
+        let leases = store.leases().await.unwrap();
+        if leases.len() >= count {
+            return leases;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.leases().await.unwrap()
+}
+
 async fn lease_for(ns: &str, tries: u32) -> Option<String> {
     let ns = ns.to_string();
     tokio::task::spawn_blocking(move || udhcpc(&ns, tries))
@@ -99,7 +111,7 @@ async fn reservations_pool_unknown_macs_and_restart() {
         "unknown MAC gets no answer"
     );
 
-    let leases = store.leases().await.unwrap();
+    let leases = stored_leases(&store, 3).await;
     assert_eq!(leases.len(), 3);
     let events = store.events("a").await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
@@ -126,7 +138,7 @@ async fn discovery_gives_unknown_macs_a_short_lease() {
     let shutdown = start(&lab, &store, true).await;
     let ip = lease_for(&unknown, 3).await.expect("discovery lease");
     assert_eq!(ip, lab.addr(200));
-    let leases = store.leases().await.unwrap();
+    let leases = stored_leases(&store, 1).await;
     assert_eq!(leases.len(), 1);
     assert!(leases[0].discovered && leases[0].node_uuid.is_none());
     shutdown.cancel();

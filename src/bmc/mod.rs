@@ -6,6 +6,7 @@ pub mod guard;
 pub mod ipmi;
 pub mod redfish;
 pub mod registry;
+pub mod vbmc;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -78,6 +78,12 @@ enum Command {
         #[command(subcommand)]
         command: InventoryCommand,
     },
+    /// Virtual BMCs (Redfish) for QEMU VMs, for labs and tests.
+    Vbmc {
+        /// Configuration (see examples/vbmc.yaml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Inspect and drive nodes.
     Node {
         #[command(subcommand)]
@@ -221,6 +227,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Node { command } => node_command(&settings, command, cli.json).await,
+        Command::Vbmc { config } => {
+            serve::init_logging(&settings);
+            let config = crate::bmc::vbmc::load_config(&config).map_err(|errors| {
+                anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+            })?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                serve::wait_for_signal().await;
+                stop.cancel();
+            });
+            crate::bmc::vbmc::run(config, shutdown).await.context("vbmc failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -39,7 +39,10 @@ impl Response {
 
 /// Two's-complement checksum: the covered bytes plus the checksum sum to zero.
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |sum, b| sum.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |sum, b| sum.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 pub fn encode_request(req: &Request, rq_seq: u8) -> Vec<u8> {
@@ -69,7 +72,11 @@ pub fn decode_response(msg: &[u8]) -> Result<Response, Malformed> {
 
 /// Get Channel Authentication Capabilities for this channel, asking for the IPMI v2.0 fields.
 pub fn get_channel_auth_caps() -> Request {
-    Request { netfn: NETFN_APP, cmd: 0x38, data: vec![0x8e, PRIVILEGE_ADMIN] }
+    Request {
+        netfn: NETFN_APP,
+        cmd: 0x38,
+        data: vec![0x8e, PRIVILEGE_ADMIN],
+    }
 }
 
 /// Whether the channel speaks IPMI v2.0 (RMCP+), from the Get Channel Auth Caps reply data.
@@ -81,15 +88,27 @@ pub fn supports_v2(data: &[u8]) -> Result<bool, Malformed> {
 }
 
 pub fn set_session_privilege(level: u8) -> Request {
-    Request { netfn: NETFN_APP, cmd: 0x3b, data: vec![level] }
+    Request {
+        netfn: NETFN_APP,
+        cmd: 0x3b,
+        data: vec![level],
+    }
 }
 
 pub fn close_session(bmc_session_id: u32) -> Request {
-    Request { netfn: NETFN_APP, cmd: 0x3c, data: bmc_session_id.to_le_bytes().to_vec() }
+    Request {
+        netfn: NETFN_APP,
+        cmd: 0x3c,
+        data: bmc_session_id.to_le_bytes().to_vec(),
+    }
 }
 
 pub fn get_chassis_status() -> Request {
-    Request { netfn: NETFN_CHASSIS, cmd: 0x01, data: Vec::new() }
+    Request {
+        netfn: NETFN_CHASSIS,
+        cmd: 0x01,
+        data: Vec::new(),
+    }
 }
 
 pub fn power_state(data: &[u8]) -> Result<PowerState, Malformed> {
@@ -111,7 +130,11 @@ pub enum ChassisControl {
 }
 
 pub fn chassis_control(action: ChassisControl) -> Request {
-    Request { netfn: NETFN_CHASSIS, cmd: 0x02, data: vec![action as u8] }
+    Request {
+        netfn: NETFN_CHASSIS,
+        cmd: 0x02,
+        data: vec![action as u8],
+    }
 }
 
 /// Boot option parameters Kiln writes.
@@ -122,11 +145,19 @@ pub const PARAM_BOOT_FLAGS: u8 = 0x05;
 pub fn set_boot_option(param: u8, value: &[u8]) -> Request {
     let mut data = vec![param & 0x7f];
     data.extend_from_slice(value);
-    Request { netfn: NETFN_CHASSIS, cmd: 0x08, data }
+    Request {
+        netfn: NETFN_CHASSIS,
+        cmd: 0x08,
+        data,
+    }
 }
 
 pub fn get_boot_flags() -> Request {
-    Request { netfn: NETFN_CHASSIS, cmd: 0x09, data: vec![PARAM_BOOT_FLAGS, 0, 0] }
+    Request {
+        netfn: NETFN_CHASSIS,
+        cmd: 0x09,
+        data: vec![PARAM_BOOT_FLAGS, 0, 0],
+    }
 }
 
 const FLAGS_VALID: u8 = 0x80;
@@ -169,7 +200,11 @@ pub fn parse_boot_flags(data: &[u8]) -> Result<BootSetting, Malformed> {
         DEVICE_DISK => Some(BootDevice::Disk),
         _ => None,
     };
-    Ok(BootSetting { device, persistent: first & FLAGS_PERSISTENT != 0, uefi: Some(first & FLAGS_EFI != 0) })
+    Ok(BootSetting {
+        device,
+        persistent: first & FLAGS_PERSISTENT != 0,
+        uefi: Some(first & FLAGS_EFI != 0),
+    })
 }
 
 /// What a completion code means, in the words of the IPMI specification.
@@ -208,7 +243,10 @@ pub fn check(resp: Response, what: &str) -> Result<Vec<u8>, BmcError> {
     match resp.completion {
         0x00 => Ok(resp.data),
         0xc1 | 0xd6 => Err(BmcError::Unsupported(what.to_string())),
-        cc => Err(BmcError::Protocol(format!("BMC refused {what}: {} (completion code 0x{cc:02x})", completion_meaning(cc)))),
+        cc => Err(BmcError::Protocol(format!(
+            "BMC refused {what}: {} (completion code 0x{cc:02x})",
+            completion_meaning(cc)
+        ))),
     }
 }
 
@@ -220,9 +258,21 @@ mod tests {
     fn requests_encode_with_checksums() {
         // Hand-checked bytes: header checksum, console address 81h, sequence in the top six bits.
         let cases: [(Request, u8, &[u8]); 3] = [
-            (get_channel_auth_caps(), 0, &[0x20, 0x18, 0xc8, 0x81, 0x00, 0x38, 0x8e, 0x04, 0xb5]),
-            (chassis_control(ChassisControl::PowerUp), 3, &[0x20, 0x00, 0xe0, 0x81, 0x0c, 0x02, 0x01, 0x70]),
-            (get_chassis_status(), 0x3f, &[0x20, 0x00, 0xe0, 0x81, 0xfc, 0x01, 0x82]),
+            (
+                get_channel_auth_caps(),
+                0,
+                &[0x20, 0x18, 0xc8, 0x81, 0x00, 0x38, 0x8e, 0x04, 0xb5],
+            ),
+            (
+                chassis_control(ChassisControl::PowerUp),
+                3,
+                &[0x20, 0x00, 0xe0, 0x81, 0x0c, 0x02, 0x01, 0x70],
+            ),
+            (
+                get_chassis_status(),
+                0x3f,
+                &[0x20, 0x00, 0xe0, 0x81, 0xfc, 0x01, 0x82],
+            ),
         ];
         for (req, seq, want) in cases {
             assert_eq!(encode_request(&req, seq), want, "{req:?}");
@@ -241,7 +291,10 @@ mod tests {
         assert_eq!(power_state(&check(resp, "x").unwrap()), Ok(PowerState::On));
         let mut bad = msg.clone();
         bad[7] ^= 1;
-        assert_eq!(decode_response(&bad), Err(Malformed("IPMI response checksum mismatch")));
+        assert_eq!(
+            decode_response(&bad),
+            Err(Malformed("IPMI response checksum mismatch"))
+        );
     }
 
     #[test]
@@ -256,26 +309,72 @@ mod tests {
             let bytes = boot_flags(device, persistent, uefi);
             assert_eq!(bytes, want);
             let read = parse_boot_flags(&[1, 5, bytes[0], bytes[1], 0, 0, 0]).unwrap();
-            assert_eq!(read, BootSetting { device: Some(device), persistent, uefi: Some(uefi) });
+            assert_eq!(
+                read,
+                BootSetting {
+                    device: Some(device),
+                    persistent,
+                    uefi: Some(uefi)
+                }
+            );
         }
         // ipmi_sim's reply after `bootdev pxe`: valid bit clear, device PXE.
         let sim = parse_boot_flags(&[1, 5, 0x00, 0x04, 0, 0, 0]).unwrap();
-        assert_eq!(sim, BootSetting { device: Some(BootDevice::Pxe), persistent: false, uefi: Some(false) });
-        assert_eq!(parse_boot_flags(&[1, 5, 0x80, 0x14, 0, 0, 0]).unwrap().device, None, "CD/DVD");
-        assert_eq!(parse_boot_flags(&[1, 5, 0x80, 0x00, 0, 0, 0]).unwrap().device, None);
+        assert_eq!(
+            sim,
+            BootSetting {
+                device: Some(BootDevice::Pxe),
+                persistent: false,
+                uefi: Some(false)
+            }
+        );
+        assert_eq!(
+            parse_boot_flags(&[1, 5, 0x80, 0x14, 0, 0, 0])
+                .unwrap()
+                .device,
+            None,
+            "CD/DVD"
+        );
+        assert_eq!(
+            parse_boot_flags(&[1, 5, 0x80, 0x00, 0, 0, 0])
+                .unwrap()
+                .device,
+            None
+        );
         assert!(parse_boot_flags(&[1, 4, 0x80, 0x04, 0, 0, 0]).is_err());
         assert!(parse_boot_flags(&[1, 5, 0x80]).is_err());
     }
 
     #[test]
     fn completion_codes_become_plain_errors() {
-        let resp = |completion| Response { netfn: 1, cmd: 2, rq_seq: 0, completion, data: vec![] };
+        let resp = |completion| Response {
+            netfn: 1,
+            cmd: 2,
+            rq_seq: 0,
+            completion,
+            data: vec![],
+        };
         assert_eq!(check(resp(0), "power on"), Ok(vec![]));
-        assert_eq!(check(resp(0xc1), "power on"), Err(BmcError::Unsupported("power on".into())));
-        let cases = [(0xd4, "insufficient privilege level"), (0xc0, "node busy"), (0x80, "command-specific error"), (0xff, "unspecified error")];
+        assert_eq!(
+            check(resp(0xc1), "power on"),
+            Err(BmcError::Unsupported("power on".into()))
+        );
+        let cases = [
+            (0xd4, "insufficient privilege level"),
+            (0xc0, "node busy"),
+            (0x80, "command-specific error"),
+            (0xff, "unspecified error"),
+        ];
         for (cc, words) in cases {
-            let Err(BmcError::Protocol(text)) = check(resp(cc), "power on") else { panic!("0x{cc:02x}") };
-            assert!(text.contains(words) && text.contains("power on") && text.contains(&format!("0x{cc:02x}")), "{text}");
+            let Err(BmcError::Protocol(text)) = check(resp(cc), "power on") else {
+                panic!("0x{cc:02x}")
+            };
+            assert!(
+                text.contains(words)
+                    && text.contains("power on")
+                    && text.contains(&format!("0x{cc:02x}")),
+                "{text}"
+            );
         }
     }
 

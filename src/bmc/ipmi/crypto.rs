@@ -133,14 +133,32 @@ impl Rakp<'_> {
         let (m, c) = (self.console_id.to_le_bytes(), self.bmc_id.to_le_bytes());
         self.suite.hmac(
             kuid,
-            &[&m, &c, &self.console_random, &self.bmc_random, &self.bmc_guid, &[self.role], &self.name_len(), self.username],
+            &[
+                &m,
+                &c,
+                &self.console_random,
+                &self.bmc_random,
+                &self.bmc_guid,
+                &[self.role],
+                &self.name_len(),
+                self.username,
+            ],
         )
     }
 
     /// Kiln's proof in RAKP 3.
     pub fn rakp3_code(&self, kuid: &[u8]) -> Vec<u8> {
         let m = self.console_id.to_le_bytes();
-        self.suite.hmac(kuid, &[&self.bmc_random, &m, &[self.role], &self.name_len(), self.username])
+        self.suite.hmac(
+            kuid,
+            &[
+                &self.bmc_random,
+                &m,
+                &[self.role],
+                &self.name_len(),
+                self.username,
+            ],
+        )
     }
 
     /// SIK = HMAC_Kg(Rm | Rc | role | name length | name); K1 and K2 = HMAC_SIK(20 × 01h / 02h).
@@ -148,7 +166,13 @@ impl Rakp<'_> {
     pub fn session_keys(&self, kg: &[u8]) -> SessionKeys {
         let sik = self.suite.hmac(
             kg,
-            &[&self.console_random, &self.bmc_random, &[self.role], &self.name_len(), self.username],
+            &[
+                &self.console_random,
+                &self.bmc_random,
+                &[self.role],
+                &self.name_len(),
+                self.username,
+            ],
         );
         let k1 = self.suite.hmac(&sik, &[&[0x01; 20]]);
         let k2 = self.suite.hmac(&sik, &[&[0x02; 20]]);
@@ -162,7 +186,9 @@ impl Rakp<'_> {
     /// The BMC's integrity check value in RAKP 4, keyed with the SIK.
     pub fn rakp4_icv(&self, sik: &[u8]) -> Vec<u8> {
         let c = self.bmc_id.to_le_bytes();
-        let mut icv = self.suite.hmac(sik, &[&self.console_random, &c, &self.bmc_guid]);
+        let mut icv = self
+            .suite
+            .hmac(sik, &[&self.console_random, &c, &self.bmc_guid]);
         icv.truncate(self.suite.icv_len());
         icv
     }
@@ -185,7 +211,7 @@ pub fn encrypt(key: &[u8; 16], iv: [u8; 16], payload: &[u8]) -> Vec<u8> {
 
 /// Reverses [`encrypt`], checking the length and the padding.
 pub fn decrypt(key: &[u8; 16], data: &[u8]) -> Result<Vec<u8>, &'static str> {
-    if data.len() < 32 || data.len() % 16 != 0 {
+    if data.len() < 32 || !data.len().is_multiple_of(16) {
         return Err("encrypted payload is not whole AES blocks");
     }
     let mut iv = [0u8; 16];
@@ -200,7 +226,11 @@ pub fn decrypt(key: &[u8; 16], data: &[u8]) -> Result<Vec<u8>, &'static str> {
         return Err("bad confidentiality pad length");
     }
     let body = plain.len() - 1 - pad;
-    if !plain[body..body + pad].iter().zip(1u8..).all(|(b, want)| *b == want) {
+    if !plain[body..body + pad]
+        .iter()
+        .zip(1u8..)
+        .all(|(b, want)| *b == want)
+    {
         return Err("bad confidentiality padding");
     }
     plain.truncate(body);
@@ -212,7 +242,10 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn rakp(suite: CipherSuite) -> Rakp<'static> {
@@ -291,7 +324,10 @@ mod tests {
         let iv: [u8; 16] = hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff").try_into().unwrap();
         let msg = hex("20181c81040001");
         let sealed = encrypt(&key, iv, &msg);
-        assert_eq!(sealed, hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfefffbedd650f66e1326f05cec0cf0d34089"));
+        assert_eq!(
+            sealed,
+            hex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfefffbedd650f66e1326f05cec0cf0d34089")
+        );
         assert_eq!(decrypt(&key, &sealed).unwrap(), msg);
         for len in [0usize, 1, 14, 15, 16, 17, 31, 32, 100] {
             let payload: Vec<u8> = (0..len as u8).collect();
@@ -316,7 +352,10 @@ mod tests {
     #[test]
     fn suites_name_their_algorithms() {
         assert_eq!(CipherSuite::from_id(3), Some(CipherSuite::Three));
-        assert_eq!(CipherSuite::from_id(17).map(CipherSuite::algorithms), Some((3, 4, 1)));
+        assert_eq!(
+            CipherSuite::from_id(17).map(CipherSuite::algorithms),
+            Some((3, 4, 1))
+        );
         assert_eq!(CipherSuite::from_id(1), None);
         assert_eq!(CipherSuite::Three.auth_code(&[1; 20], b"x").len(), 12);
         assert_eq!(CipherSuite::Seventeen.auth_code(&[1; 32], b"x").len(), 16);

@@ -80,13 +80,18 @@ impl IpmiBmc {
     /// Checks what can be checked without the network: the cipher suite and credential lengths.
     pub fn with_options(spec: &BmcSpec, options: IpmiOptions) -> Result<Self, BmcError> {
         let id = spec.cipher_suite.unwrap_or(3);
-        let suite = CipherSuite::from_id(id)
-            .ok_or_else(|| BmcError::Unsupported(format!("IPMI cipher suite {id} (Kiln speaks 3 and 17)")))?;
+        let suite = CipherSuite::from_id(id).ok_or_else(|| {
+            BmcError::Unsupported(format!("IPMI cipher suite {id} (Kiln speaks 3 and 17)"))
+        })?;
         if spec.username.len() > 16 {
-            return Err(BmcError::Unsupported("IPMI user names longer than 16 bytes".into()));
+            return Err(BmcError::Unsupported(
+                "IPMI user names longer than 16 bytes".into(),
+            ));
         }
         if spec.password.expose().len() > 20 {
-            return Err(BmcError::Unsupported("IPMI passwords longer than 20 bytes".into()));
+            return Err(BmcError::Unsupported(
+                "IPMI passwords longer than 20 bytes".into(),
+            ));
         }
         Ok(Self {
             address: spec.address.clone(),
@@ -113,12 +118,22 @@ impl IpmiBmc {
     }
 
     fn timing(&self) -> Timing {
-        Timing { timeout: self.options.timeout, retransmits: self.options.retransmits }
+        Timing {
+            timeout: self.options.timeout,
+            retransmits: self.options.retransmits,
+        }
     }
 
     async fn login(&self) -> Result<Session, BmcError> {
         let addr = resolve(&self.address, self.port).await?;
-        let session = Session::open(addr, &self.username, self.password.expose().as_bytes(), self.suite, self.timing()).await?;
+        let session = Session::open(
+            addr,
+            &self.username,
+            self.password.expose().as_bytes(),
+            self.suite,
+            self.timing(),
+        )
+        .await?;
         self.logins.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(bmc = %self.address, port = self.port, "IPMI session opened");
         Ok(session)
@@ -128,7 +143,10 @@ impl IpmiBmc {
     /// that fails is assumed lost and replaced once; a fresh one that fails reports the error.
     async fn call(&self, req: &Request) -> Result<Response, BmcError> {
         let mut slot = self.session.lock().await;
-        if slot.as_ref().is_some_and(|s| s.idle() > self.options.idle_reopen) {
+        if slot
+            .as_ref()
+            .is_some_and(|s| s.idle() > self.options.idle_reopen)
+        {
             *slot = None;
         }
         loop {
@@ -141,7 +159,7 @@ impl IpmiBmc {
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
                     *slot = None;
-                    if !reused || true {
+                    if !reused {
                         return Err(e);
                     }
                     tracing::debug!(bmc = %self.address, error = %e, "IPMI session lost; logging in again");
@@ -175,19 +193,23 @@ async fn resolve(address: &str, port: u16) -> Result<SocketAddr, BmcError> {
     let mut addrs = tokio::net::lookup_host((address, port))
         .await
         .map_err(|e| BmcError::Unreachable(format!("cannot resolve {address}: {e}")))?;
-    addrs.next().ok_or_else(|| BmcError::Unreachable(format!("{address} has no address")))
+    addrs
+        .next()
+        .ok_or_else(|| BmcError::Unreachable(format!("{address} has no address")))
 }
 
-/// The chassis command for `action` given the current state, and the state to wait for.
-/// Reset and cycle of a node that is off power it on: IPMI refuses to cycle a powered-off chassis.
+/// The chassis command for `action` given the current state, and the state to wait for; `None`
+/// when there is nothing to do. Reset and cycle of a node that is off power it on: IPMI refuses
+/// to cycle a powered-off chassis.
 fn plan(action: PowerAction, now: PowerState) -> Option<(ChassisControl, PowerState)> {
     use PowerState::{Off, On};
     match (action, now) {
-        (PowerAction::On, _) => Some((ChassisControl::PowerUp, On)),
-        (PowerAction::Off, _) => Some((ChassisControl::PowerDown, Off)),
-        (PowerAction::SoftOff, Off) => None,
+        (PowerAction::On, On) | (PowerAction::Off | PowerAction::SoftOff, Off) => None,
+        (PowerAction::On | PowerAction::Reset | PowerAction::Cycle, Off) => {
+            Some((ChassisControl::PowerUp, On))
+        }
+        (PowerAction::Off, On) => Some((ChassisControl::PowerDown, Off)),
         (PowerAction::SoftOff, On) => Some((ChassisControl::SoftShutdown, Off)),
-        (PowerAction::Reset | PowerAction::Cycle, Off) => Some((ChassisControl::PowerUp, On)),
         (PowerAction::Reset, On) => Some((ChassisControl::HardReset, On)),
         (PowerAction::Cycle, On) => Some((ChassisControl::PowerCycle, On)),
     }
@@ -196,46 +218,75 @@ fn plan(action: PowerAction, now: PowerState) -> Option<(ChassisControl, PowerSt
 #[async_trait::async_trait]
 impl Bmc for IpmiBmc {
     async fn power_state(&self) -> Result<PowerState, BmcError> {
-        let data = self.command(commands::get_chassis_status(), "chassis status").await?;
+        let data = self
+            .command(commands::get_chassis_status(), "chassis status")
+            .await?;
         Ok(commands::power_state(&data)?)
     }
 
     async fn power(&self, action: PowerAction) -> Result<(), BmcError> {
-        let now = match action {
-            PowerAction::On | PowerAction::Off => PowerState::Off, // the plan ignores it
-            _ => self.power_state().await?,
-        };
-        let Some((control, want)) = plan(action, now) else {
+        let Some((control, want)) = plan(action, self.power_state().await?) else {
             return Ok(());
         };
-        self.command(commands::chassis_control(control), "chassis control").await?;
+        self.command(commands::chassis_control(control), "the power command")
+            .await?;
         self.wait_for(want).await
     }
 
     /// Follows ipmitool's `chassis bootdev`: mark "set in progress" when the BMC supports it,
     /// acknowledge the boot info, write the flags, then mark the set complete.
-    async fn set_boot_device(&self, device: BootDevice, persistent: bool, uefi: bool) -> Result<(), BmcError> {
-        use commands::{PARAM_BOOT_FLAGS, PARAM_BOOT_INFO_ACK, PARAM_SET_IN_PROGRESS, set_boot_option};
-        let begin = self.call(&set_boot_option(PARAM_SET_IN_PROGRESS, &[0x01])).await?;
+    async fn set_boot_device(
+        &self,
+        device: BootDevice,
+        persistent: bool,
+        uefi: bool,
+    ) -> Result<(), BmcError> {
+        use commands::{
+            PARAM_BOOT_FLAGS, PARAM_BOOT_INFO_ACK, PARAM_SET_IN_PROGRESS, set_boot_option,
+        };
+        let begin = self
+            .call(&set_boot_option(PARAM_SET_IN_PROGRESS, &[0x01]))
+            .await?;
         let in_progress = begin.completion == 0;
         if !in_progress {
             // ipmi_sim and some BMCs do not implement parameter 0; the write works without it.
-            tracing::debug!(completion = begin.completion, "BMC skipped boot options set-in-progress");
+            tracing::debug!(
+                completion = begin.completion,
+                "BMC skipped boot options set-in-progress"
+            );
         }
-        let ack = self.call(&set_boot_option(PARAM_BOOT_INFO_ACK, &[0x01, 0x01])).await?;
+        let ack = self
+            .call(&set_boot_option(PARAM_BOOT_INFO_ACK, &[0x01, 0x01]))
+            .await?;
         if ack.completion != 0 {
-            tracing::debug!(completion = ack.completion, "BMC refused boot info acknowledge");
+            tracing::debug!(
+                completion = ack.completion,
+                "BMC refused boot info acknowledge"
+            );
         }
         let flags = commands::boot_flags(device, persistent, uefi);
-        let written = self.command(set_boot_option(PARAM_BOOT_FLAGS, &flags), "the boot device").await;
-        if in_progress {
-            self.call(&set_boot_option(PARAM_SET_IN_PROGRESS, &[0x00])).await?;
-        }
-        written.map(drop)
+        let written = self
+            .command(
+                set_boot_option(PARAM_BOOT_FLAGS, &flags),
+                "setting the boot device",
+            )
+            .await;
+        // Mark the set complete even when the write failed, so the BMC does not stay locked;
+        // the write's own error is the one to report.
+        let completed = if in_progress {
+            let done = set_boot_option(PARAM_SET_IN_PROGRESS, &[0x00]);
+            self.call(&done).await.map(drop)
+        } else {
+            Ok(())
+        };
+        written?;
+        completed
     }
 
     async fn boot_device(&self) -> Result<BootSetting, BmcError> {
-        let data = self.command(commands::get_boot_flags(), "reading the boot device").await?;
+        let data = self
+            .command(commands::get_boot_flags(), "reading the boot device")
+            .await?;
         Ok(commands::parse_boot_flags(&data)?)
     }
 }
@@ -264,8 +315,9 @@ mod tests {
         use PowerState::{Off, On};
         let cases = [
             (PowerAction::On, Off, Some((PowerUp, On))),
-            (PowerAction::On, On, Some((PowerUp, On))),
+            (PowerAction::On, On, None),
             (PowerAction::Off, On, Some((PowerDown, Off))),
+            (PowerAction::Off, Off, None),
             (PowerAction::SoftOff, On, Some((SoftShutdown, Off))),
             (PowerAction::SoftOff, Off, None),
             (PowerAction::Reset, On, Some((HardReset, On))),
@@ -283,14 +335,29 @@ mod tests {
         let bmc = IpmiBmc::new(&spec(None, "admin", "s3cret-pw")).unwrap();
         assert_eq!(bmc.suite, CipherSuite::Three);
         assert!(!format!("{bmc:?}").contains("s3cret-pw"));
-        assert_eq!(IpmiBmc::new(&spec(Some(17), "admin", "pw")).unwrap().suite, CipherSuite::Seventeen);
+        assert_eq!(
+            IpmiBmc::new(&spec(Some(17), "admin", "pw")).unwrap().suite,
+            CipherSuite::Seventeen
+        );
         let cases = [
-            (spec(Some(1), "admin", "pw"), "IPMI cipher suite 1 (Kiln speaks 3 and 17)"),
-            (spec(None, &"u".repeat(17), "pw"), "IPMI user names longer than 16 bytes"),
-            (spec(None, "admin", &"p".repeat(21)), "IPMI passwords longer than 20 bytes"),
+            (
+                spec(Some(1), "admin", "pw"),
+                "IPMI cipher suite 1 (Kiln speaks 3 and 17)",
+            ),
+            (
+                spec(None, &"u".repeat(17), "pw"),
+                "IPMI user names longer than 16 bytes",
+            ),
+            (
+                spec(None, "admin", &"p".repeat(21)),
+                "IPMI passwords longer than 20 bytes",
+            ),
         ];
         for (spec, want) in cases {
-            assert_eq!(IpmiBmc::new(&spec).unwrap_err(), BmcError::Unsupported(want.into()));
+            assert_eq!(
+                IpmiBmc::new(&spec).unwrap_err(),
+                BmcError::Unsupported(want.into())
+            );
         }
     }
 }

@@ -22,7 +22,12 @@ pub fn open_session_request(tag: u8, console_id: u32, suite: CipherSuite) -> Vec
 
 /// Reads an Open Session Response to the request with `tag`; returns the BMC's session ID.
 /// `Ok(None)` means the reply belongs to another (earlier) request.
-pub fn open_session_response(p: &[u8], tag: u8, console_id: u32, suite: CipherSuite) -> Result<Option<u32>, BmcError> {
+pub fn open_session_response(
+    p: &[u8],
+    tag: u8,
+    console_id: u32,
+    suite: CipherSuite,
+) -> Result<Option<u32>, BmcError> {
     let [got_tag, status, ..] = p else {
         return Err(Malformed("open session response too short").into());
     };
@@ -136,11 +141,17 @@ pub fn status_error(status: u8, suite: CipherSuite) -> BmcError {
         // Unauthorized name; invalid integrity check value; illegal parameter, which several
         // BMCs (and ipmi_sim) send for an unknown user.
         0x0d | 0x0f | 0x12 => BmcError::WrongCredentials,
-        0x04 | 0x05 | 0x06 | 0x07 | 0x10 | 0x11 => BmcError::Unsupported(format!("IPMI cipher suite {}", suite.id())),
+        0x04 | 0x05 | 0x06 | 0x07 | 0x10 | 0x11 => {
+            BmcError::Unsupported(format!("IPMI cipher suite {}", suite.id()))
+        }
         0x01 | 0x0b => BmcError::Protocol("BMC has no free sessions".into()),
-        0x09 | 0x0a => BmcError::Protocol("BMC refused the Administrator role for this user".into()),
+        0x09 | 0x0a => {
+            BmcError::Protocol("BMC refused the Administrator role for this user".into())
+        }
         0x02 | 0x08 => BmcError::Protocol("BMC lost the session during login".into()),
-        other => BmcError::Protocol(format!("BMC rejected the login (RMCP+ status 0x{other:02x})")),
+        other => BmcError::Protocol(format!(
+            "BMC rejected the login (RMCP+ status 0x{other:02x})"
+        )),
     }
 }
 
@@ -179,8 +190,16 @@ mod tests {
         let p = open_session_request(7, 0xa0a1_a2a3, CipherSuite::Three);
         assert_eq!(p.len(), 32);
         assert_eq!(&p[..8], &[7, 4, 0, 0, 0xa3, 0xa2, 0xa1, 0xa0]);
-        assert_eq!(&p[8..], &[0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0]);
-        assert_eq!(&open_session_request(7, 1, CipherSuite::Seventeen)[12..13], &[3]);
+        assert_eq!(
+            &p[8..],
+            &[
+                0, 0, 0, 8, 1, 0, 0, 0, 1, 0, 0, 8, 1, 0, 0, 0, 2, 0, 0, 8, 1, 0, 0, 0
+            ]
+        );
+        assert_eq!(
+            &open_session_request(7, 1, CipherSuite::Seventeen)[12..13],
+            &[3]
+        );
     }
 
     #[test]
@@ -190,13 +209,30 @@ mod tests {
             ok.extend_from_slice(&[kind, 0, 0, 8, alg, 0, 0, 0]);
         }
         let suite = CipherSuite::Three;
-        assert_eq!(open_session_response(&ok, 7, 0xa0a1_a2a3, suite), Ok(Some(0x0402)));
-        assert_eq!(open_session_response(&ok, 8, 0xa0a1_a2a3, suite), Ok(None), "other tag");
-        assert_eq!(open_session_response(&ok, 7, 1, suite), Ok(None), "other console session");
-        assert_eq!(open_session_response(&[7, 0x04], 7, 1, suite), Err(BmcError::Unsupported("IPMI cipher suite 3".into())));
+        assert_eq!(
+            open_session_response(&ok, 7, 0xa0a1_a2a3, suite),
+            Ok(Some(0x0402))
+        );
+        assert_eq!(
+            open_session_response(&ok, 8, 0xa0a1_a2a3, suite),
+            Ok(None),
+            "other tag"
+        );
+        assert_eq!(
+            open_session_response(&ok, 7, 1, suite),
+            Ok(None),
+            "other console session"
+        );
+        assert_eq!(
+            open_session_response(&[7, 0x04], 7, 1, suite),
+            Err(BmcError::Unsupported("IPMI cipher suite 3".into()))
+        );
         let mut other_alg = ok.clone();
         other_alg[16] = 3;
-        assert!(matches!(open_session_response(&other_alg, 7, 0xa0a1_a2a3, suite), Err(BmcError::Protocol(_))));
+        assert!(matches!(
+            open_session_response(&other_alg, 7, 0xa0a1_a2a3, suite),
+            Err(BmcError::Protocol(_))
+        ));
         assert!(open_session_response(&ok[..20], 7, 0xa0a1_a2a3, suite).is_err());
     }
 
@@ -207,9 +243,15 @@ mod tests {
             let mut r = rakp(suite);
             assert_eq!(rakp2(&reply, 9, &mut r, b"password"), Ok(true));
             assert_eq!((r.bmc_random, r.bmc_guid), ([5; 16], [6; 16]));
-            assert_eq!(rakp2(&reply, 9, &mut rakp(suite), b"wrong"), Err(BmcError::WrongCredentials));
+            assert_eq!(
+                rakp2(&reply, 9, &mut rakp(suite), b"wrong"),
+                Err(BmcError::WrongCredentials)
+            );
             assert_eq!(rakp2(&reply, 8, &mut rakp(suite), b"password"), Ok(false));
-            assert_eq!(rakp2(&[9, 0x0d], 9, &mut rakp(suite), b"x"), Err(BmcError::WrongCredentials));
+            assert_eq!(
+                rakp2(&[9, 0x0d], 9, &mut rakp(suite), b"x"),
+                Err(BmcError::WrongCredentials)
+            );
             assert!(rakp2(&reply[..50], 9, &mut rakp(suite), b"password").is_err());
         }
     }
@@ -224,8 +266,14 @@ mod tests {
         reply.extend_from_slice(&r.console_id.to_le_bytes());
         reply.extend_from_slice(&r.rakp4_icv(&keys.sik));
         assert_eq!(rakp4(&reply, 4, &r, &keys.sik), Ok(true));
-        assert!(matches!(rakp4(&reply, 4, &r, &[0; 20]), Err(BmcError::Unsupported(_))));
-        assert_eq!(rakp4(&[4, 0x0f], 4, &r, &keys.sik), Err(BmcError::WrongCredentials));
+        assert!(matches!(
+            rakp4(&reply, 4, &r, &[0; 20]),
+            Err(BmcError::Unsupported(_))
+        ));
+        assert_eq!(
+            rakp4(&[4, 0x0f], 4, &r, &keys.sik),
+            Err(BmcError::WrongCredentials)
+        );
     }
 
     #[test]
@@ -236,7 +284,10 @@ mod tests {
             (0x12, BmcError::WrongCredentials),
             (0x11, BmcError::Unsupported("IPMI cipher suite 17".into())),
             (0x01, BmcError::Protocol("BMC has no free sessions".into())),
-            (0x3f, BmcError::Protocol("BMC rejected the login (RMCP+ status 0x3f)".into())),
+            (
+                0x3f,
+                BmcError::Protocol("BMC rejected the login (RMCP+ status 0x3f)".into()),
+            ),
         ];
         for (status, want) in cases {
             assert_eq!(status_error(status, s), want, "0x{status:02x}");

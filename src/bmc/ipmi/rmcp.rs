@@ -66,7 +66,13 @@ pub fn encode_v15(message: &[u8]) -> Vec<u8> {
 
 /// Builds an RMCP+ packet. With `protect`, the payload is encrypted under a fresh random IV and
 /// the packet carries the integrity pad, pad length, next header and AuthCode.
-pub fn encode(payload_type: u8, session_id: u32, seq: u32, body: &[u8], protect: Option<Protection<'_>>) -> Vec<u8> {
+pub fn encode(
+    payload_type: u8,
+    session_id: u32,
+    seq: u32,
+    body: &[u8],
+    protect: Option<Protection<'_>>,
+) -> Vec<u8> {
     encode_with_iv(payload_type, session_id, seq, body, protect, rand::random())
 }
 
@@ -106,7 +112,12 @@ pub(super) fn encode_with_iv(
     out
 }
 
-fn take<'a>(data: &'a [u8], at: usize, len: usize, what: &'static str) -> Result<&'a [u8], Malformed> {
+fn take<'a>(
+    data: &'a [u8],
+    at: usize,
+    len: usize,
+    what: &'static str,
+) -> Result<&'a [u8], Malformed> {
     data.get(at..at.saturating_add(len)).ok_or(Malformed(what))
 }
 
@@ -137,8 +148,19 @@ fn decode_v15(datagram: &[u8], auth: u8) -> Result<Packet, Malformed> {
     // Every authentication type but "none" puts a 16-byte AuthCode before the length.
     let len_at = if auth == AUTH_NONE { 13 } else { 29 };
     let len = usize::from(take(datagram, len_at, 1, "IPMI v1.5 header too short")?[0]);
-    let payload = take(datagram, len_at + 1, len, "IPMI v1.5 message shorter than its length")?.to_vec();
-    Ok(Packet { payload_type: payload::IPMI, session_id, seq, payload })
+    let payload = take(
+        datagram,
+        len_at + 1,
+        len,
+        "IPMI v1.5 message shorter than its length",
+    )?
+    .to_vec();
+    Ok(Packet {
+        payload_type: payload::IPMI,
+        session_id,
+        seq,
+        payload,
+    })
 }
 
 fn decode_v2(datagram: &[u8], protect: Option<Protection<'_>>) -> Result<Packet, Malformed> {
@@ -151,14 +173,24 @@ fn decode_v2(datagram: &[u8], protect: Option<Protection<'_>>) -> Result<Packet,
     let seq = le32(datagram, 10)?;
     let len_bytes = take(datagram, 14, 2, "RMCP+ header too short")?;
     let len = usize::from(u16::from_le_bytes([len_bytes[0], len_bytes[1]]));
-    let body = take(datagram, 4 + V2_HEADER, len, "RMCP+ payload shorter than its length")?;
+    let body = take(
+        datagram,
+        4 + V2_HEADER,
+        len,
+        "RMCP+ payload shorter than its length",
+    )?;
     let authenticated = type_byte & AUTHENTICATED != 0;
     let encrypted = type_byte & ENCRYPTED != 0;
     let Some(p) = protect else {
         if authenticated || encrypted {
             return Err(Malformed("protected packet outside a session"));
         }
-        return Ok(Packet { payload_type, session_id, seq, payload: body.to_vec() });
+        return Ok(Packet {
+            payload_type,
+            session_id,
+            seq,
+            payload: body.to_vec(),
+        });
     };
     if !authenticated {
         return Err(Malformed("unauthenticated packet inside the session"));
@@ -177,8 +209,17 @@ fn decode_v2(datagram: &[u8], protect: Option<Protection<'_>>) -> Result<Packet,
     if !crypto::same(&want, &datagram[covered..]) {
         return Err(Malformed("integrity check failed"));
     }
-    let payload = if encrypted { crypto::decrypt(&p.keys.aes, body).map_err(Malformed)? } else { body.to_vec() };
-    Ok(Packet { payload_type, session_id, seq, payload })
+    let payload = if encrypted {
+        crypto::decrypt(&p.keys.aes, body).map_err(Malformed)?
+    } else {
+        body.to_vec()
+    };
+    Ok(Packet {
+        payload_type,
+        session_id,
+        seq,
+        payload,
+    })
 }
 
 #[cfg(test)]
@@ -186,7 +227,11 @@ mod tests {
     use super::*;
 
     fn keys() -> SessionKeys {
-        SessionKeys { sik: vec![9; 20], k1: vec![1; 20], aes: [2; 16] }
+        SessionKeys {
+            sik: vec![9; 20],
+            k1: vec![1; 20],
+            aes: [2; 16],
+        }
     }
 
     #[test]
@@ -195,7 +240,10 @@ mod tests {
         let wire = encode_v15(&msg);
         assert_eq!(&wire[..14], &[6, 0, 0xff, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
         let packet = decode(&wire, None).unwrap();
-        assert_eq!((packet.payload_type, packet.session_id, packet.payload), (payload::IPMI, 0, msg.to_vec()));
+        assert_eq!(
+            (packet.payload_type, packet.session_id, packet.payload),
+            (payload::IPMI, 0, msg.to_vec())
+        );
     }
 
     #[test]
@@ -203,7 +251,10 @@ mod tests {
         let wire = encode(payload::RAKP1, 0, 0, &[1, 2, 3], None);
         assert_eq!(&wire[4..16], &[6, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0]);
         let packet = decode(&wire, None).unwrap();
-        assert_eq!((packet.payload_type, packet.payload), (payload::RAKP1, vec![1, 2, 3]));
+        assert_eq!(
+            (packet.payload_type, packet.payload),
+            (payload::RAKP1, vec![1, 2, 3])
+        );
     }
 
     #[test]
@@ -217,7 +268,10 @@ mod tests {
                 assert_eq!(wire[5], 0xc0, "encrypted and authenticated");
                 assert_eq!((wire.len() - 4 - suite.icv_len()) % 4, 0, "len {len}");
                 let packet = decode(&wire, Some(p)).unwrap();
-                assert_eq!((packet.session_id, packet.seq, packet.payload), (0x1234_5678, 7, body));
+                assert_eq!(
+                    (packet.session_id, packet.seq, packet.payload),
+                    (0x1234_5678, 7, body)
+                );
             }
         }
     }
@@ -225,20 +279,42 @@ mod tests {
     #[test]
     fn tampering_and_wrong_keys_are_rejected() {
         let keys = keys();
-        let p = Protection { suite: CipherSuite::Three, keys: &keys };
+        let p = Protection {
+            suite: CipherSuite::Three,
+            keys: &keys,
+        };
         let wire = encode(payload::IPMI, 1, 1, b"hello", Some(p));
         for i in 4..wire.len() {
             let mut bad = wire.clone();
             bad[i] ^= 0x01;
             assert!(decode(&bad, Some(p)).is_err(), "flip at {i}");
         }
-        let other = SessionKeys { sik: vec![9; 20], k1: vec![3; 20], aes: [2; 16] };
-        let q = Protection { suite: CipherSuite::Three, keys: &other };
-        assert_eq!(decode(&wire, Some(q)), Err(Malformed("integrity check failed")));
+        let other = SessionKeys {
+            sik: vec![9; 20],
+            k1: vec![3; 20],
+            aes: [2; 16],
+        };
+        let q = Protection {
+            suite: CipherSuite::Three,
+            keys: &other,
+        };
+        assert_eq!(
+            decode(&wire, Some(q)),
+            Err(Malformed("integrity check failed"))
+        );
         let plain = encode(payload::IPMI, 1, 1, b"hello", None);
-        assert_eq!(decode(&plain, Some(p)), Err(Malformed("unauthenticated packet inside the session")));
-        assert_eq!(decode(&wire, None), Err(Malformed("protected packet outside a session")));
-        assert!(decode(&[6, 0, 0xff, 6, 0x80], None).is_err(), "ASF ping is not IPMI");
+        assert_eq!(
+            decode(&plain, Some(p)),
+            Err(Malformed("unauthenticated packet inside the session"))
+        );
+        assert_eq!(
+            decode(&wire, None),
+            Err(Malformed("protected packet outside a session"))
+        );
+        assert!(
+            decode(&[6, 0, 0xff, 6, 0x80], None).is_err(),
+            "ASF ping is not IPMI"
+        );
     }
 
     proptest::proptest! {

@@ -49,7 +49,10 @@ async fn exchange<T>(
     let mut buf = vec![0u8; 2048];
     let mut bad = None;
     for attempt in 0..=timing.retransmits {
-        socket.send(&build(attempt)).await.map_err(|e| io_error(&e))?;
+        socket
+            .send(&build(attempt))
+            .await
+            .map_err(|e| io_error(&e))?;
         let deadline = tokio::time::Instant::now() + timing.timeout;
         while let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
             let len = received.map_err(|e| io_error(&e))?;
@@ -93,24 +96,33 @@ impl Session {
         suite: CipherSuite,
         timing: Timing,
     ) -> Result<Session, BmcError> {
-        let local: SocketAddr = if addr.is_ipv4() { ([0u8; 4], 0).into() } else { ([0u16; 8], 0).into() };
+        let local: SocketAddr = if addr.is_ipv4() {
+            ([0u8; 4], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
         let socket = UdpSocket::bind(local).await.map_err(|e| io_error(&e))?;
         socket.connect(addr).await.map_err(|e| io_error(&e))?;
 
         // Pre-session: does this channel speak IPMI v2.0 at all?
         let caps = commands::get_channel_auth_caps();
         let caps_msg = commands::encode_request(&caps, 0);
-        let data = exchange(&socket, timing, |_| rmcp::encode_v15(&caps_msg), |d, _| {
-            match rmcp::decode(d, None).and_then(|p| commands::decode_response(&p.payload)) {
+        let data = exchange(
+            &socket,
+            timing,
+            |_| rmcp::encode_v15(&caps_msg),
+            |d, _| match rmcp::decode(d, None).and_then(|p| commands::decode_response(&p.payload)) {
                 Ok(resp) if resp.answers(&caps, 0) => Verdict::Done(resp),
                 Ok(_) => Verdict::Stale,
                 Err(why) => Verdict::Bad(why),
-            }
-        })
+            },
+        )
         .await
         .and_then(|resp| commands::check(resp, "channel authentication capabilities"))?;
         if !commands::supports_v2(&data)? {
-            return Err(BmcError::Unsupported("IPMI v2.0 (RMCP+) on this channel".into()));
+            return Err(BmcError::Unsupported(
+                "IPMI v2.0 (RMCP+) on this channel".into(),
+            ));
         }
 
         let console_id = rand::random::<u32>() | 1;
@@ -118,7 +130,15 @@ impl Session {
         let bmc_id = exchange(
             &socket,
             timing,
-            |a| rmcp::encode(payload::OPEN_SESSION_REQUEST, 0, 0, &rakp::open_session_request(tag(a), console_id, suite), None),
+            |a| {
+                rmcp::encode(
+                    payload::OPEN_SESSION_REQUEST,
+                    0,
+                    0,
+                    &rakp::open_session_request(tag(a), console_id, suite),
+                    None,
+                )
+            },
             |d, a| match pre_session(d, payload::OPEN_SESSION_RESPONSE) {
                 Err(why) => Verdict::Bad(why),
                 Ok(p) => match rakp::open_session_response(&p, tag(a), console_id, suite) {
@@ -173,7 +193,15 @@ impl Session {
         exchange(
             &socket,
             timing,
-            |a| rmcp::encode(payload::RAKP3, 0, 0, &rakp::rakp3(tag(a), 0, &r, password), None),
+            |a| {
+                rmcp::encode(
+                    payload::RAKP3,
+                    0,
+                    0,
+                    &rakp::rakp3(tag(a), 0, &r, password),
+                    None,
+                )
+            },
             |d, a| match pre_session(d, payload::RAKP4) {
                 Err(why) => Verdict::Bad(why),
                 Ok(p) => match rakp::rakp4(&p, tag(a), &r, &keys.sik) {
@@ -198,7 +226,9 @@ impl Session {
             last_used: Instant::now(),
         };
         // Sessions start at User level; chassis control needs Administrator (ipmi_sim: 0xD4).
-        let resp = session.request(&commands::set_session_privilege(commands::PRIVILEGE_ADMIN)).await?;
+        let resp = session
+            .request(&commands::set_session_privilege(commands::PRIVILEGE_ADMIN))
+            .await?;
         commands::check(resp, "the Administrator privilege level")?;
         Ok(session)
     }
@@ -208,11 +238,32 @@ impl Session {
         let rq_seq = self.next_rq_seq;
         self.next_rq_seq = (rq_seq + 1) & 0x3f;
         let message = commands::encode_request(req, rq_seq);
-        let Session { socket, timing, suite, keys, console_id, bmc_id, next_seq, highest_seen, .. } = self;
-        let protect = Protection { suite: *suite, keys };
+        let Session {
+            socket,
+            timing,
+            suite,
+            keys,
+            console_id,
+            bmc_id,
+            next_seq,
+            highest_seen,
+            ..
+        } = self;
+        let protect = Protection {
+            suite: *suite,
+            keys,
+        };
         let (bmc_id, console_id) = (*bmc_id, *console_id);
         // A resend gets a new session sequence number (the BMC drops repeats) but keeps rq_seq.
-        let build = |_| rmcp::encode(payload::IPMI, bmc_id, take_seq(next_seq), &message, Some(protect));
+        let build = |_| {
+            rmcp::encode(
+                payload::IPMI,
+                bmc_id,
+                take_seq(next_seq),
+                &message,
+                Some(protect),
+            )
+        };
         let accept = |d: &[u8], _| {
             let packet = match rmcp::decode(d, Some(protect)) {
                 Ok(p) if p.payload_type == payload::IPMI && p.session_id == console_id => p,
@@ -259,10 +310,20 @@ impl Drop for Session {
         if self.bmc_id == 0 {
             return;
         }
-        let message = commands::encode_request(&commands::close_session(self.bmc_id), self.next_rq_seq);
-        let protect = Protection { suite: self.suite, keys: &self.keys };
+        let message =
+            commands::encode_request(&commands::close_session(self.bmc_id), self.next_rq_seq);
+        let protect = Protection {
+            suite: self.suite,
+            keys: &self.keys,
+        };
         let seq = take_seq(&mut self.next_seq);
-        let _ = self.socket.try_send(&rmcp::encode(payload::IPMI, self.bmc_id, seq, &message, Some(protect)));
+        let _ = self.socket.try_send(&rmcp::encode(
+            payload::IPMI,
+            self.bmc_id,
+            seq,
+            &message,
+            Some(protect),
+        ));
     }
 }
 

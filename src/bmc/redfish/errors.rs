@@ -42,19 +42,17 @@ pub fn classify_chain(
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(tls_error(tls, host));
         }
+        current = e.source();
         if let Some(io_err) = e.downcast_ref::<io::Error>() {
-            // A TLS failure travels inside an io::Error, whose source() skips the inner error.
-            if let Some(tls) = io_err
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                return Some(tls_error(tls, host));
-            }
             if let Some(mapped) = from_io_kind(io_err, host, timeout) {
                 return Some(mapped);
             }
+            // io::Error's source() skips the error it wraps (a TLS failure travels as an
+            // io::Error inside an io::Error), so descend into it by hand.
+            if let Some(inner) = io_err.get_ref() {
+                current = Some(inner as &(dyn StdError + 'static));
+            }
         }
-        current = e.source();
     }
     None
 }
@@ -147,10 +145,11 @@ mod tests {
     #[test]
     fn io_causes_map_to_plain_errors() {
         let t = Duration::from_millis(1500);
-        let tls = io::Error::new(
+        // As hyper-rustls reports it: an io::Error(Other) around an io::Error(InvalidData).
+        let tls = io::Error::other(io::Error::new(
             io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        );
+        ));
         let dns =
             io::Error::other("failed to lookup address information: Name or service not known");
         let cases: Vec<(io::Error, Option<BmcError>)> = vec![

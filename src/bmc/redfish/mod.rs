@@ -2,6 +2,7 @@
 //! persistent boot override), hand-written on reqwest because no crate fits (see CRATES.md).
 //! One attempt per call: retries and backoff belong to the guard in front of every BMC.
 
+mod client;
 mod errors;
 mod plan;
 mod transport;

@@ -173,6 +173,14 @@ mod tests {
     use PowerAction::*;
     use PowerState::{Off as IsOff, On as IsOn};
 
+    /// Action, current state, allowable values, expected (ResetType, state waited for) steps.
+    type Case<'a> = (
+        PowerAction,
+        PowerState,
+        Option<&'a [String]>,
+        Vec<(&'a str, PowerState)>,
+    );
+
     fn names(steps: &[ResetStep]) -> Vec<(&str, PowerState)> {
         steps.iter().map(|s| (s.reset_type, s.until)).collect()
     }
@@ -196,12 +204,7 @@ mod tests {
         .to_vec();
         let force_on_only: Vec<String> = ["ForceOn", "ForceOff"].map(String::from).to_vec();
         let cycle_only: Vec<String> = ["On", "ForceOff", "PowerCycle"].map(String::from).to_vec();
-        let cases: Vec<(
-            PowerAction,
-            PowerState,
-            Option<&[String]>,
-            Vec<(&str, PowerState)>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (On, IsOff, None, vec![("On", IsOn)]),
             (On, IsOn, None, vec![]),
             (On, IsOff, Some(&force_on_only), vec![("ForceOn", IsOn)]),

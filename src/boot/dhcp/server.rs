@@ -42,6 +42,17 @@ pub struct DhcpServer {
     /// Inventory addresses, re-read at most once per [`RESERVED_TTL_MS`]: a pool allocation must
     /// not hand out another node's address, and reading every node per packet would be O(nodes).
     reserved: tokio::sync::Mutex<(i64, Arc<HashSet<Ipv4Addr>>)>,
+    /// Lease persistence and timeline events, written behind the reply by one task in order, so
+    /// a client's DORA never waits for the disk.
+    followups: tokio::sync::mpsc::UnboundedSender<Followup>,
+}
+
+/// What to persist after a reply went out.
+struct Followup {
+    request: Request,
+    kind: ClientKind,
+    answer: Answer,
+    node: Option<uuid::Uuid>,
 }
 
 const RESERVED_TTL_MS: i64 = 1000;
@@ -56,13 +67,24 @@ impl DhcpServer {
         for lease in store.leases().await? {
             table.hold(lease.ip, lease.mac, lease.expires_at);
         }
-        Ok(Arc::new(Self {
+        let (followups, mut queue) = tokio::sync::mpsc::unbounded_channel::<Followup>();
+        let server = Arc::new(Self {
             config: Arc::new(config),
             store,
             leases: Mutex::new(table),
             unknown_logged: Mutex::new(HashSet::new()),
             reserved: tokio::sync::Mutex::new((i64::MIN, Arc::new(HashSet::new()))),
-        }))
+            followups,
+        });
+        // The writer holds a weak reference: it ends when the server is dropped.
+        let weak = Arc::downgrade(&server);
+        tokio::spawn(async move {
+            while let Some(work) = queue.recv().await {
+                let Some(server) = weak.upgrade() else { return };
+                server.after(&work.request, work.kind, &work.answer, work.node).await;
+            }
+        });
+        Ok(server)
     }
 
     /// Serves one socket until `shutdown`. `proxy_port` marks the PXE port-4011 socket, whose
@@ -128,8 +150,11 @@ impl DhcpServer {
             DhcpMode::Reservation => self.reservation(&request, kind).await?,
         };
         tracing::debug!(mac = %request.mac, msg = ?request.msg_type, ?kind, ?answer, "DHCP decision");
-        self.after(&request, kind, &answer, node_uuid).await;
-        let reply = reply::build(&message, kind, &answer, &self.config)?;
+        let reply = reply::build(&message, kind, &answer, &self.config);
+        let destination = destination(&request, &answer, source, proxy_port);
+        // The lease is already held in memory; its persistence follows the reply.
+        let _ = self.followups.send(Followup { request, kind, answer, node: node_uuid });
+        let reply = reply?;
         let bytes = match reply::encode(&reply) {
             Ok(bytes) => bytes,
             Err(err) => {
@@ -137,7 +162,7 @@ impl DhcpServer {
                 return None;
             }
         };
-        Some((bytes, destination(&request, &answer, source, proxy_port)))
+        Some((bytes, destination))
     }
 
     /// The node owning `mac`: `Some(Some(..))` when enrolled, `Some(None)` for an unknown MAC

@@ -1,0 +1,117 @@
+//! `kiln vbmc`: virtual BMCs for QEMU VMs (what VirtualBMC + sushy-tools do, without libvirt).
+//! One Redfish endpoint serves every VM as a System; power is the QEMU process, the boot device
+//! becomes its boot order. The virtual rack and the end-to-end tests drive VMs through it with the
+//! same drivers as real hardware.
+
+pub mod redfish_server;
+pub mod vm;
+
+use crate::inventory::reader::Reader;
+use crate::inventory::{InventoryError, tree};
+use crate::model::Secret;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vm::{VirtualMachine, VmSpec};
+
+pub struct Vbmc {
+    pub username: String,
+    pub password: Secret,
+    vms: BTreeMap<String, Arc<VirtualMachine>>,
+}
+
+impl Vbmc {
+    pub fn new(username: String, password: Secret, vms: Vec<VmSpec>) -> Self {
+        let vms = vms.into_iter().map(|spec| (spec.name.clone(), Arc::new(VirtualMachine::new(spec)))).collect();
+        Self { username, password, vms }
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&Arc<VirtualMachine>> {
+        self.vms.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.vms.keys().cloned().collect()
+    }
+
+    /// Powers every VM off (used at shutdown so no QEMU outlives the vbmc).
+    pub async fn power_off_all(&self) {
+        for vm in self.vms.values() {
+            let _ = vm.power_off().await;
+        }
+    }
+}
+
+/// `kiln vbmc --config FILE`, see `examples/vbmc.yaml`.
+#[derive(Clone, Debug)]
+pub struct VbmcConfig {
+    pub redfish_listen: SocketAddr,
+    pub username: String,
+    pub password: Secret,
+    pub vms: Vec<VmSpec>,
+}
+
+const TOP: &[&str] = &["redfish_listen", "username", "password", "netns", "state_dir", "vms"];
+const VM: &[&str] = &["name", "mac", "tap", "disk", "memory_mb", "uefi"];
+
+pub fn load_config(path: &Path) -> Result<VbmcConfig, Vec<InventoryError>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![InventoryError::new(&name, Default::default(), "", format!("cannot read file: {e}"))])?;
+    parse_config(&name, &text)
+}
+
+pub fn parse_config(file: &str, text: &str) -> Result<VbmcConfig, Vec<InventoryError>> {
+    let root = tree::parse(file, text)?;
+    let mut reader = Reader::new(file);
+    let config = read(&mut reader, &root);
+    match config {
+        Some(config) if reader.errors.is_empty() => Ok(config),
+        _ => Err(reader.errors),
+    }
+}
+
+fn read(reader: &mut Reader, root: &tree::Node) -> Option<VbmcConfig> {
+    let top = reader.map(root, "", TOP)?;
+    let listen = reader.required(&top, "redfish_listen").and_then(|n| {
+        let text = reader.text(n, "redfish_listen")?;
+        text.parse().map_err(|_| reader.error(n.pos, "redfish_listen", format!("'{text}' is not address:port"))).ok()
+    });
+    let username = reader.required(&top, "username").and_then(|n| reader.text(n, "username"));
+    let password = reader.required(&top, "password").and_then(|n| reader.text(n, "password"));
+    let netns = top.get("netns").and_then(|n| reader.text(n, "netns"));
+    let state_dir = top.get("state_dir").and_then(|n| reader.text(n, "state_dir")).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/kiln-vbmc"));
+    let items = reader.required(&top, "vms").and_then(|n| reader.list(n, "vms"))?;
+    let mut vms = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let path = format!("vms[{index}]");
+        let Some(map) = reader.map(item, &path, VM) else { continue };
+        let name = reader.required(&map, "name").and_then(|n| reader.text(n, &map.child("name")));
+        let mac = reader.required(&map, "mac").and_then(|n| reader.mac(n, &map.child("mac")));
+        let tap = reader.required(&map, "tap").and_then(|n| reader.text(n, &map.child("tap")));
+        let disk = map.get("disk").and_then(|n| reader.text(n, &map.child("disk"))).map(PathBuf::from);
+        let memory_mb = map.get("memory_mb").map_or(Some(1024), |n| reader.int(n, &map.child("memory_mb"), 64, 1 << 20).map(|m| m as u32));
+        let uefi = map.get("uefi").map_or(Some(false), |n| reader.bool(n, &map.child("uefi")));
+        if let (Some(name), Some(mac), Some(tap), Some(memory_mb), Some(uefi)) = (name, mac, tap, memory_mb, uefi) {
+            vms.push(VmSpec { name, mac: mac.to_string(), tap, disk, memory_mb, uefi, netns: netns.clone(), state_dir: state_dir.clone() });
+        }
+    }
+    Some(VbmcConfig { redfish_listen: listen?, username: username?, password: Secret::new(password?), vms })
+}
+
+/// Serves until `shutdown`, then powers every VM off.
+pub async fn run(config: VbmcConfig, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
+    if let Some(dir) = config.vms.first().map(|vm| vm.state_dir.clone()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let vbmc = Arc::new(Vbmc::new(config.username, config.password, config.vms));
+    let listener = tokio::net::TcpListener::bind(config.redfish_listen).await?;
+    tracing::info!(address = %listener.local_addr()?, vms = vbmc.names().len(), "vbmc Redfish listening");
+    let stop = shutdown.clone();
+    axum::serve(listener, redfish_server::router(Arc::clone(&vbmc)))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+    vbmc.power_off_all().await;
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! One QEMU virtual machine as a virtual BMC sees it: power is the QEMU process, the boot device
+//! becomes QEMU's boot order at the next start, and power-off/reset go through QMP.
+
+use crate::bmc::{BmcError, BootDevice, BootSetting, PowerState};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+/// How to start one VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    pub name: String,
+    pub mac: String,
+    /// Tap device the VM's NIC uses (created by whoever built the lab).
+    pub tap: String,
+    pub disk: Option<PathBuf>,
+    pub memory_mb: u32,
+    pub uefi: bool,
+    /// Run QEMU inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Directory for the QMP socket, serial log and UEFI variables.
+    pub state_dir: PathBuf,
+}
+
+struct VmState {
+    child: Option<Child>,
+    boot: BootDevice,
+    persistent: bool,
+}
+
+pub struct VirtualMachine {
+    pub spec: VmSpec,
+    state: Mutex<VmState>,
+}
+
+/// QEMU's `-boot` argument: one-time PXE boots the network once then the disk (`once=n`).
+pub fn boot_order(device: BootDevice, persistent: bool) -> &'static str {
+    match (device, persistent) {
+        (BootDevice::Pxe, false) => "order=c,once=n",
+        (BootDevice::Pxe, true) => "order=n",
+        (BootDevice::Disk, _) => "order=c",
+    }
+}
+
+impl VirtualMachine {
+    pub fn new(spec: VmSpec) -> Self {
+        Self { spec, state: Mutex::new(VmState { child: None, boot: BootDevice::Disk, persistent: true }) }
+    }
+
+    pub fn qmp_path(&self) -> PathBuf {
+        self.spec.state_dir.join(format!("{}.qmp", self.spec.name))
+    }
+
+    pub fn serial_path(&self) -> PathBuf {
+        self.spec.state_dir.join(format!("{}.serial.log", self.spec.name))
+    }
+
+    /// The full command line that starts this VM with the given boot device.
+    pub fn command_line(&self, device: BootDevice, persistent: bool) -> Vec<String> {
+        let spec = &self.spec;
+        let mut args: Vec<String> = Vec::new();
+        if let Some(ns) = &spec.netns {
+            args.extend(["ip", "netns", "exec", ns].map(String::from));
+        }
+        args.push("qemu-system-x86_64".into());
+        args.extend(["-accel", "tcg", "-m"].map(String::from));
+        args.push(spec.memory_mb.to_string());
+        args.extend(["-nodefaults", "-display", "none", "-vga", "none", "-name"].map(String::from));
+        args.push(spec.name.clone());
+        // NIC and disk boot priority (OVMF honours bootindex, SeaBIOS the -boot order too).
+        let (nic_index, disk_index) = match device {
+            BootDevice::Pxe => (1, 2),
+            BootDevice::Disk => (2, 1),
+        };
+        if spec.uefi {
+            args.extend(["-machine", "q35", "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd", "-drive"].map(String::from));
+            args.push(format!("if=pflash,format=raw,file={}", spec.state_dir.join(format!("{}.vars.fd", spec.name)).display()));
+        } else {
+            args.extend(["-machine", "pc,graphics=off", "-boot"].map(String::from));
+            args.push(boot_order(device, persistent).into());
+        }
+        args.push("-netdev".into());
+        args.push(format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap));
+        args.push("-device".into());
+        args.push(format!("virtio-net-pci,netdev=n0,mac={},bootindex={nic_index}", spec.mac));
+        if let Some(disk) = &spec.disk {
+            args.push("-drive".into());
+            args.push(format!("if=none,id=d0,file={},format=raw,cache=unsafe", disk.display()));
+            args.push("-device".into());
+            args.push(format!("virtio-blk-pci,drive=d0,bootindex={disk_index}"));
+        }
+        args.push("-serial".into());
+        args.push(format!("file:{}", self.serial_path().display()));
+        args.push("-qmp".into());
+        args.push(format!("unix:{},server=on,wait=off", self.qmp_path().display()));
+        args
+    }
+
+    pub async fn power_state(&self) -> PowerState {
+        let mut state = self.state.lock().await;
+        match state.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => PowerState::On,
+            _ => {
+                state.child = None;
+                PowerState::Off
+            }
+        }
+    }
+
+    pub async fn boot_setting(&self) -> BootSetting {
+        let state = self.state.lock().await;
+        BootSetting { device: Some(state.boot), persistent: state.persistent, uefi: Some(self.spec.uefi) }
+    }
+
+    pub async fn set_boot(&self, device: BootDevice, persistent: bool) {
+        let mut state = self.state.lock().await;
+        state.boot = device;
+        state.persistent = persistent;
+    }
+
+    pub async fn power_on(&self) -> Result<(), BmcError> {
+        if self.power_state().await == PowerState::On {
+            return Ok(());
+        }
+        let mut state = self.state.lock().await;
+        if self.spec.uefi {
+            let vars = self.spec.state_dir.join(format!("{}.vars.fd", self.spec.name));
+            if !vars.exists() {
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).map_err(|e| BmcError::Protocol(format!("cannot create UEFI variables: {e}")))?;
+            }
+        }
+        let _ = std::fs::remove_file(self.qmp_path());
+        let args = self.command_line(state.boot, state.persistent);
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BmcError::Protocol(format!("cannot start QEMU: {e}")))?;
+        tracing::info!(vm = %self.spec.name, boot = ?state.boot, persistent = state.persistent, "VM powered on");
+        state.child = Some(child);
+        // A one-time boot device is consumed by this start.
+        if !state.persistent {
+            state.boot = BootDevice::Disk;
+            state.persistent = true;
+        }
+        Ok(())
+    }
+
+    /// Hard off: QMP `quit`, then kill if QEMU does not go.
+    pub async fn power_off(&self) -> Result<(), BmcError> {
+        let _ = self.qmp("quit").await;
+        let mut state = self.state.lock().await;
+        if let Some(mut child) = state.child.take() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        tracing::info!(vm = %self.spec.name, "VM powered off");
+        Ok(())
+    }
+
+    /// ACPI power button; the guest decides.
+    pub async fn soft_off(&self) -> Result<(), BmcError> {
+        self.qmp("system_powerdown").await
+    }
+
+    /// Reset honours a changed boot device: QEMU restarts with the new boot order.
+    pub async fn reset(&self) -> Result<(), BmcError> {
+        self.power_off().await?;
+        self.power_on().await
+    }
+
+    /// Sends one QMP command (after the capabilities handshake).
+    async fn qmp(&self, command: &str) -> Result<(), BmcError> {
+        let stream = UnixStream::connect(self.qmp_path()).await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let mut next = async || lines.next_line().await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")));
+        next().await?; // greeting
+        write.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
+        next().await?;
+        write.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes()).await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
+        let _ = tokio::time::timeout(Duration::from_secs(2), next()).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_orders() {
+        assert_eq!(boot_order(BootDevice::Pxe, false), "order=c,once=n");
+        assert_eq!(boot_order(BootDevice::Pxe, true), "order=n");
+        assert_eq!(boot_order(BootDevice::Disk, false), "order=c");
+    }
+
+    #[test]
+    fn command_line_puts_the_boot_device_first() {
+        let vm = VirtualMachine::new(VmSpec {
+            name: "vm1".into(),
+            mac: "52:54:00:00:00:01".into(),
+            tap: "tap1".into(),
+            disk: Some("/tmp/vm1.raw".into()),
+            memory_mb: 512,
+            uefi: false,
+            netns: Some("lab".into()),
+            state_dir: "/tmp/s".into(),
+        });
+        let line = vm.command_line(BootDevice::Pxe, false).join(" ");
+        assert!(line.starts_with("ip netns exec lab qemu-system-x86_64 -accel tcg"), "{line}");
+        assert!(line.contains("-boot order=c,once=n"));
+        assert!(line.contains("mac=52:54:00:00:00:01,bootindex=1"));
+        assert!(line.contains("virtio-blk-pci,drive=d0,bootindex=2"));
+        assert!(line.contains("-qmp unix:/tmp/s/vm1.qmp,server=on,wait=off"));
+        let line = vm.command_line(BootDevice::Disk, true).join(" ");
+        assert!(line.contains("bootindex=2") && line.contains("drive=d0,bootindex=1"));
+    }
+}
