@@ -32,6 +32,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/nodes/{name}", get(show_node).delete(delete_node))
         .route("/nodes/{name}/history", get(node_history))
+        .route("/nodes/{name}/events", get(node_events))
         .route("/nodes/{name}/states/provision", put(set_provision_state))
         .route("/nodes/{name}/states/power", get(power::status).put(power::set))
         .route("/nodes/{name}/states/boot_device", get(power::boot_device).put(power::set_boot_device))
@@ -72,6 +73,13 @@ async fn node_history(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     Ok(Json(state.conductor.store().history(&name).await?))
+}
+
+async fn node_events(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<crate::store::NodeEvent>>, ApiError> {
+    Ok(Json(state.conductor.store().events(&name).await?))
 }
 
 #[derive(Deserialize)]

@@ -105,6 +105,8 @@ enum NodeCommand {
     Show { name: String },
     /// Show a node's provision-state timeline.
     History { name: String },
+    /// Show a node's boot-path events (DHCP, TFTP, iPXE script, kernel and ramdisk fetched).
+    Events { name: String },
     /// Delete node records (enroll, manageable, available, clean-failed or error only).
     Delete { names: Vec<String> },
     /// enroll → verifying → manageable (also available/clean-failed → manageable).
@@ -255,6 +257,11 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
         NodeCommand::Show { name } => {
             let node: serde_json::Value = client.get(&format!("/nodes/{name}")).await?;
             output::node_show(&node, json);
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::Events { name } => {
+            let entries: Vec<serde_json::Value> = client.get(&format!("/nodes/{name}/events")).await?;
+            output::events(&entries, json);
             return Ok(ExitCode::SUCCESS);
         }
         NodeCommand::History { name } => {

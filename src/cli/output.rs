@@ -169,6 +169,21 @@ pub fn power(name: &str, reply: &Value, json: bool) {
     }
 }
 
+pub fn events(entries: &[Value], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(entries).unwrap_or_default());
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["Time (UTC)", "Event", "Detail"]);
+    for entry in entries {
+        let at = entry["at"].as_i64().unwrap_or_default();
+        table.add_row([format_ms(at), text(&entry["kind"]), text(&entry["detail"])]);
+    }
+    println!("{table}");
+}
+
 pub fn history(entries: &[Value], json: bool) {
     if json {
         println!(
