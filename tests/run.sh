@@ -17,6 +17,8 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -e /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
 [ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+command -v ipmi_sim >/dev/null || need+=(openipmi)
+command -v ipmitool >/dev/null || need+=(ipmitool)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     # Keep package scripts from starting services (PostgreSQL's cluster): tests start their own.

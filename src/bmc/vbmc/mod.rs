@@ -53,7 +53,7 @@ pub struct VbmcConfig {
 }
 
 const TOP: &[&str] = &["redfish_listen", "username", "password", "netns", "state_dir", "vms"];
-const VM: &[&str] = &["name", "mac", "tap", "disk", "memory_mb", "uefi"];
+const VM: &[&str] = &["name", "mac", "tap", "disk", "memory_mb", "uefi", "ipmi_listen"];
 
 pub fn load_config(path: &Path) -> Result<VbmcConfig, Vec<InventoryError>> {
     let name = path.display().to_string();
@@ -93,8 +93,18 @@ fn read(reader: &mut Reader, root: &tree::Node) -> Option<VbmcConfig> {
         let disk = map.get("disk").and_then(|n| reader.text(n, &map.child("disk"))).map(PathBuf::from);
         let memory_mb = map.get("memory_mb").map_or(Some(1024), |n| reader.int(n, &map.child("memory_mb"), 64, 1 << 20).map(|m| m as u32));
         let uefi = map.get("uefi").map_or(Some(false), |n| reader.bool(n, &map.child("uefi")));
-        if let (Some(name), Some(mac), Some(tap), Some(memory_mb), Some(uefi)) = (name, mac, tap, memory_mb, uefi) {
-            vms.push(VmSpec { name, mac: mac.to_string(), tap, disk, memory_mb, uefi, netns: netns.clone(), state_dir: state_dir.clone() });
+        let ipmi_listen = match map.get("ipmi_listen") {
+            None => Some(None),
+            Some(n) => reader.text(n, &map.child("ipmi_listen")).and_then(|text| match text.parse() {
+                Ok(addr) => Some(Some(addr)),
+                Err(_) => {
+                    reader.error(n.pos, &map.child("ipmi_listen"), format!("'{text}' is not address:port"));
+                    None
+                }
+            }),
+        };
+        if let (Some(name), Some(mac), Some(tap), Some(memory_mb), Some(uefi), Some(ipmi_listen)) = (name, mac, tap, memory_mb, uefi, ipmi_listen) {
+            vms.push(VmSpec { name, mac: mac.to_string(), tap, disk, memory_mb, uefi, netns: netns.clone(), state_dir: state_dir.clone(), ipmi_listen });
         }
     }
     Some(VbmcConfig { redfish_listen: listen?, username: username?, password: Secret::new(password?), vms })

@@ -24,6 +24,8 @@ pub struct VmSpec {
     pub netns: Option<String>,
     /// Directory for the QMP socket, serial log and UEFI variables.
     pub state_dir: PathBuf,
+    /// Where this VM's IPMI lanplus BMC listens, if it has one.
+    pub ipmi_listen: Option<std::net::SocketAddr>,
 }
 
 struct VmState {
@@ -214,6 +216,7 @@ mod tests {
             uefi: false,
             netns: Some("lab".into()),
             state_dir: "/tmp/s".into(),
+            ipmi_listen: None,
         });
         let line = vm.command_line(BootDevice::Pxe, false).join(" ");
         assert!(line.starts_with("ip netns exec lab qemu-system-x86_64 -accel tcg"), "{line}");
