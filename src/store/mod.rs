@@ -74,7 +74,9 @@ impl Store {
             return Err(StoreError::UnsupportedUrl);
         };
         let options = AnyPoolOptions::new().max_connections(match dialect {
-            // One writer at a time is what SQLite can do; queueing in the pool beats busy errors.
+            // One connection: SQLite has one writer anyway, and a deferred transaction that reads
+            // then writes beside another writer fails with SQLITE_BUSY_SNAPSHOT instead of
+            // waiting. Queueing in the pool is both correct and fast enough (WAL, NORMAL sync).
             Dialect::Sqlite => 1,
             Dialect::Postgres => 8,
         });

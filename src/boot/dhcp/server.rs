@@ -30,6 +30,12 @@ pub fn bind_socket(interface: &str, addr: SocketAddr) -> std::io::Result<std::ne
     socket.set_broadcast(true)?;
     socket.bind_device(Some(interface.as_bytes()))?;
     socket.set_nonblocking(true)?;
+    // A rack powering on at once sends hundreds of DISCOVERs in one burst; the default receive
+    // buffer (~200 KiB, ~100 datagrams) would drop part of it. Root may exceed rmem_max.
+    let buffer = 4 << 20;
+    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &buffer).is_err() {
+        socket.set_recv_buffer_size(buffer)?;
+    }
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
@@ -56,6 +62,9 @@ struct Followup {
 }
 
 const RESERVED_TTL_MS: i64 = 1000;
+
+/// Datagrams handled at once per socket.
+const MAX_IN_FLIGHT: usize = 256;
 
 impl DhcpServer {
     /// Loads persisted leases so clients keep their addresses across restarts.
@@ -95,6 +104,10 @@ impl DhcpServer {
         proxy_port: bool,
         shutdown: CancellationToken,
     ) {
+        let socket = Arc::new(socket);
+        // Datagrams are handled concurrently (store lookups overlap); the lease table's lock keeps
+        // address decisions consistent. The bound keeps a flood from exhausting memory.
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
         let mut buf = vec![0u8; 1500];
         loop {
             let (len, source) = tokio::select! {
@@ -107,13 +120,16 @@ impl DhcpServer {
                     }
                 },
             };
-            let Some((bytes, destination)) = self.handle(&buf[..len], source, proxy_port).await
-            else {
-                continue;
-            };
-            if let Err(err) = socket.send_to(&bytes, destination).await {
-                tracing::warn!(error = %err, %destination, "DHCP send failed");
-            }
+            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+            let datagram = buf[..len].to_vec();
+            let (server, socket) = (Arc::clone(&self), Arc::clone(&socket));
+            tokio::spawn(async move {
+                let _permit = permit;
+                let Some((bytes, destination)) = server.handle(&datagram, source, proxy_port).await else { return };
+                if let Err(err) = socket.send_to(&bytes, destination).await {
+                    tracing::warn!(error = %err, %destination, "DHCP send failed");
+                }
+            });
         }
     }
 
