@@ -27,6 +27,13 @@ pub struct Lease {
     pub discovered: bool,
 }
 
+/// A change to the lease table, as the DHCP server's writer applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    Hold(Lease),
+    Release(MacAddress),
+}
+
 fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
@@ -145,6 +152,64 @@ impl Store {
             .await
             .context("writing a lease")?;
         tx.commit().await.context("committing a lease")
+    }
+
+    /// Applies a batch of lease changes and node events in one transaction (the DHCP server
+    /// writes behind its replies; batching keeps a boot storm from queueing on the disk). A lease
+    /// whose address another MAC holds is skipped with a warning: one address, one MAC.
+    pub async fn apply_dhcp(&self, changes: &[LeaseChange], events: &[(Uuid, &str, String)]) -> Result<(), StoreError> {
+        if changes.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.context("starting a DHCP batch")?;
+        let now = now_ms();
+        for change in changes {
+            match change {
+                LeaseChange::Hold(lease) => {
+                    let holder: Option<String> = sqlx::query_scalar("SELECT mac FROM dhcp_leases WHERE ip = $1")
+                        .bind(lease.ip.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("checking a lease")?;
+                    if let Some(holder) = holder.filter(|h| *h != lease.mac.to_string()) {
+                        tracing::warn!(ip = %lease.ip, %holder, mac = %lease.mac, "lease not stored: address held by another MAC");
+                        continue;
+                    }
+                    sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
+                        .bind(lease.mac.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .context("replacing a lease")?;
+                    sqlx::query("INSERT INTO dhcp_leases (ip, mac, node_uuid, expires_at, discovered) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(lease.ip.to_string())
+                        .bind(lease.mac.to_string())
+                        .bind(lease.node_uuid.map(|u| u.to_string()))
+                        .bind(lease.expires_at)
+                        .bind(i64::from(lease.discovered))
+                        .execute(&mut *tx)
+                        .await
+                        .context("writing a lease")?;
+                }
+                LeaseChange::Release(mac) => {
+                    sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
+                        .bind(mac.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .context("releasing a lease")?;
+                }
+            }
+        }
+        for (uuid, kind, detail) in events {
+            sqlx::query("INSERT INTO node_events (node_uuid, at, kind, detail) VALUES ($1, $2, $3, $4)")
+                .bind(uuid.to_string())
+                .bind(now)
+                .bind((*kind).to_string())
+                .bind(detail.clone())
+                .execute(&mut *tx)
+                .await
+                .context("recording a node event")?;
+        }
+        tx.commit().await.context("committing a DHCP batch")
     }
 
     pub async fn release_lease(&self, mac: MacAddress) -> Result<(), StoreError> {

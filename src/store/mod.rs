@@ -4,7 +4,7 @@
 mod boot;
 mod nodes;
 
-pub use boot::{Lease, NodeEvent};
+pub use boot::{Lease, LeaseChange, NodeEvent};
 pub use nodes::{EnrollReport, HistoryEntry, NodeChange};
 
 use sqlx::AnyPool;

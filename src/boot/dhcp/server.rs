@@ -7,10 +7,10 @@ use super::leases::LeaseTable;
 use super::reply;
 use super::{DhcpConfig, DhcpMode};
 use crate::model::MacAddress;
-use crate::store::{Lease, Store, now_ms};
+use crate::store::{Lease, LeaseChange, Store, now_ms};
 use dhcproto::v4::{self, MessageType};
 use dhcproto::{Decodable, Decoder};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
@@ -51,7 +51,12 @@ pub struct DhcpServer {
     /// Lease persistence and timeline events, written behind the reply by one task in order, so
     /// a client's DORA never waits for the disk.
     followups: tokio::sync::mpsc::UnboundedSender<Followup>,
+    /// MAC → enrolled node (uuid, inventory address), cached for [`LOOKUP_TTL_MS`] so a DORA
+    /// costs one store lookup, not four; a newly enrolled node is answered within that time.
+    lookups: Mutex<HashMap<MacAddress, (i64, Option<(uuid::Uuid, Option<Ipv4Addr>)>)>>,
 }
+
+const LOOKUP_TTL_MS: i64 = 2000;
 
 /// What to persist after a reply went out.
 struct Followup {
@@ -59,6 +64,7 @@ struct Followup {
     kind: ClientKind,
     answer: Answer,
     node: Option<uuid::Uuid>,
+    lease_secs: u32,
 }
 
 const RESERVED_TTL_MS: i64 = 1000;
@@ -84,13 +90,20 @@ impl DhcpServer {
             unknown_logged: Mutex::new(HashSet::new()),
             reserved: tokio::sync::Mutex::new((i64::MIN, Arc::new(HashSet::new()))),
             followups,
+            lookups: Mutex::new(HashMap::new()),
         });
         // The writer holds a weak reference: it ends when the server is dropped.
         let weak = Arc::downgrade(&server);
         tokio::spawn(async move {
-            while let Some(work) = queue.recv().await {
+            let mut batch = Vec::new();
+            while queue.recv_many(&mut batch, 512).await > 0 {
                 let Some(server) = weak.upgrade() else { return };
-                server.after(&work.request, work.kind, &work.answer, work.node).await;
+                let (changes, events): (Vec<_>, Vec<_>) = batch.drain(..).map(|work| server.followup(&work)).unzip();
+                let changes: Vec<LeaseChange> = changes.into_iter().flatten().collect();
+                let events: Vec<_> = events.into_iter().flatten().collect();
+                if let Err(err) = server.store.apply_dhcp(&changes, &events).await {
+                    tracing::warn!(error = %err, leases = changes.len(), "cannot persist DHCP leases and events");
+                }
             }
         });
         Ok(server)
@@ -155,6 +168,11 @@ impl DhcpServer {
             }
         };
         let kind = classify(&request);
+        let lease_secs = if self.config.mode == DhcpMode::Reservation && self.known_node(request.mac).await.flatten().is_none() {
+            self.config.discovery_lease_secs
+        } else {
+            self.config.lease_secs
+        };
         let (answer, node_uuid) = match self.config.mode {
             DhcpMode::Proxy => {
                 let node = self.known_node(request.mac).await?;
@@ -169,7 +187,12 @@ impl DhcpServer {
         let reply = reply::build(&message, kind, &answer, &self.config);
         let destination = destination(&request, &answer, source, proxy_port);
         // The lease is already held in memory; its persistence follows the reply.
-        let _ = self.followups.send(Followup { request, kind, answer, node: node_uuid });
+        if answer == Answer::Release
+            && let Ok(mut table) = self.leases.lock()
+        {
+            table.release(request.mac);
+        }
+        let _ = self.followups.send(Followup { request, kind, answer, node: node_uuid, lease_secs });
         let reply = reply?;
         let bytes = match reply::encode(&reply) {
             Ok(bytes) => bytes,
@@ -184,11 +207,20 @@ impl DhcpServer {
     /// The node owning `mac`: `Some(Some(..))` when enrolled, `Some(None)` for an unknown MAC
     /// with discovery on, `None` to stay silent.
     async fn known_node(&self, mac: MacAddress) -> Option<Option<(uuid::Uuid, Option<Ipv4Addr>)>> {
-        match self.store.node_by_mac(mac).await {
-            Ok(Some(node)) => Some(Some((
-                node.uuid,
-                node.spec.network.as_ref().map(|n| n.address),
-            ))),
+        let now = now_ms();
+        let cached = self.lookups.lock().ok().and_then(|cache| cache.get(&mac).filter(|(at, _)| now - at < LOOKUP_TTL_MS).map(|(_, found)| *found));
+        let found = match cached {
+            Some(found) => Ok(found),
+            None => {
+                let found = self.store.node_by_mac(mac).await.map(|node| node.map(|n| (n.uuid, n.spec.network.as_ref().map(|net| net.address))));
+                if let (Ok(found), Ok(mut cache)) = (&found, self.lookups.lock()) {
+                    cache.insert(mac, (now, *found));
+                }
+                found
+            }
+        };
+        match found {
+            Ok(Some(node)) => Some(Some(node)),
             Ok(None) if self.config.discovery => Some(None),
             Ok(None) => {
                 if self
@@ -284,58 +316,29 @@ impl DhcpServer {
         Arc::clone(&cached.1)
     }
 
-    /// Persists what the answer changed and records the node's timeline.
-    async fn after(
-        &self,
-        request: &Request,
-        kind: ClientKind,
-        answer: &Answer,
-        node: Option<uuid::Uuid>,
-    ) {
-        match answer {
-            Answer::Ack { ip, .. } => {
-                let expires_at = now_ms() + i64::from(self.config.lease_secs) * 1000;
-                let lease = Lease {
-                    ip: *ip,
-                    mac: request.mac,
-                    node_uuid: node,
-                    expires_at,
-                    discovered: node.is_none(),
-                };
-                if let Err(err) = self.store.upsert_lease(&lease).await {
-                    tracing::warn!(error = %err, "cannot persist lease");
-                }
-            }
-            Answer::Release => {
-                if let Ok(mut table) = self.leases.lock() {
-                    table.release(request.mac);
-                }
-                if let Err(err) = self.store.release_lease(request.mac).await {
-                    tracing::warn!(error = %err, "cannot release lease");
-                }
-            }
-            _ => {}
-        }
-        let Some(uuid) = node else { return };
-        let event = match answer {
-            Answer::Offer { ip, boot } => {
-                Some(("dhcp-offer", format!("{ip} to {kind:?}, boot {boot:?}")))
-            }
-            Answer::Ack { ip, boot } => {
-                Some(("dhcp-ack", format!("{ip} to {kind:?}, boot {boot:?}")))
-            }
-            Answer::BootOnly { msg_type, boot } => Some((
-                "dhcp-boot-info",
-                format!("{msg_type:?} to {kind:?}, boot {boot:?}"),
-            )),
+    /// What the answer changes in the store (a lease written or released) and the node's
+    /// timeline event, applied in batches by the writer task.
+    fn followup(&self, work: &Followup) -> (Option<LeaseChange>, Option<(uuid::Uuid, &'static str, String)>) {
+        let change = match &work.answer {
+            Answer::Ack { ip, .. } => Some(LeaseChange::Hold(Lease {
+                ip: *ip,
+                mac: work.request.mac,
+                node_uuid: work.node,
+                expires_at: now_ms() + i64::from(work.lease_secs) * 1000,
+                discovered: work.node.is_none(),
+            })),
+            Answer::Release => Some(LeaseChange::Release(work.request.mac)),
+            _ => None,
+        };
+        let kind = work.kind;
+        let event = match &work.answer {
+            Answer::Offer { ip, boot } => Some(("dhcp-offer", format!("{ip} to {kind:?}, boot {boot:?}"))),
+            Answer::Ack { ip, boot } => Some(("dhcp-ack", format!("{ip} to {kind:?}, boot {boot:?}"))),
+            Answer::BootOnly { msg_type, boot } => Some(("dhcp-boot-info", format!("{msg_type:?} to {kind:?}, boot {boot:?}"))),
             Answer::Nak(reason) => Some(("dhcp-nak", (*reason).to_string())),
             _ => None,
         };
-        if let Some((kind, detail)) = event
-            && let Err(err) = self.store.record_event(uuid, kind, &detail).await
-        {
-            tracing::warn!(error = %err, "cannot record DHCP event");
-        }
+        (change, work.node.zip(event).map(|(uuid, (kind, detail))| (uuid, kind, detail)))
     }
 }
 
