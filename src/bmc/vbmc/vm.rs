@@ -159,10 +159,10 @@ impl VirtualMachine {
     pub async fn power_off(&self) -> Result<(), BmcError> {
         let _ = self.qmp("quit").await;
         let mut state = self.state.lock().await;
-        if let Some(mut child) = state.child.take() {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
+        if let Some(mut child) = state.child.take()
+            && tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err()
+        {
+            let _ = child.kill().await;
         }
         tracing::info!(vm = %self.spec.name, "VM powered off");
         Ok(())

@@ -53,10 +53,16 @@ pub struct DhcpServer {
     followups: tokio::sync::mpsc::UnboundedSender<Followup>,
     /// MAC → enrolled node (uuid, inventory address), cached for [`LOOKUP_TTL_MS`] so a DORA
     /// costs one store lookup, not four; a newly enrolled node is answered within that time.
-    lookups: Mutex<HashMap<MacAddress, (i64, Option<(uuid::Uuid, Option<Ipv4Addr>)>)>>,
+    lookups: Mutex<HashMap<MacAddress, (i64, KnownNode)>>,
 }
 
 const LOOKUP_TTL_MS: i64 = 2000;
+
+/// An enrolled node as DHCP needs it: uuid and inventory address; `None` for an unknown MAC.
+type KnownNode = Option<(uuid::Uuid, Option<Ipv4Addr>)>;
+
+/// A node timeline event: node, kind, detail.
+type Event = (uuid::Uuid, &'static str, String);
 
 /// What to persist after a reply went out.
 struct Followup {
@@ -206,7 +212,7 @@ impl DhcpServer {
 
     /// The node owning `mac`: `Some(Some(..))` when enrolled, `Some(None)` for an unknown MAC
     /// with discovery on, `None` to stay silent.
-    async fn known_node(&self, mac: MacAddress) -> Option<Option<(uuid::Uuid, Option<Ipv4Addr>)>> {
+    async fn known_node(&self, mac: MacAddress) -> Option<KnownNode> {
         let now = now_ms();
         let cached = self.lookups.lock().ok().and_then(|cache| cache.get(&mac).filter(|(at, _)| now - at < LOOKUP_TTL_MS).map(|(_, found)| *found));
         let found = match cached {
@@ -318,7 +324,7 @@ impl DhcpServer {
 
     /// What the answer changes in the store (a lease written or released) and the node's
     /// timeline event, applied in batches by the writer task.
-    fn followup(&self, work: &Followup) -> (Option<LeaseChange>, Option<(uuid::Uuid, &'static str, String)>) {
+    fn followup(&self, work: &Followup) -> (Option<LeaseChange>, Option<Event>) {
         let change = match &work.answer {
             Answer::Ack { ip, .. } => Some(LeaseChange::Hold(Lease {
                 ip: *ip,
