@@ -61,7 +61,7 @@ avalanche() {
 # Sets $result to the highest rate with no dropped exchange (fresh server for every step).
 sustained() {
     local best=0 rate out drops recv
-    for rate in 250 500 1000 2000 4000 8000; do
+    for rate in 250 500 1000 1500 2000 3000 4000 6000 8000; do
         out=$(perf -r "$rate" -R 100000 -p 5 -b "mac=00:0c:$(printf '%02x' $((rate % 256))):00:00:00" || true)
         drops=$(echo "$out" | awk '/Statistics for: REQUEST-ACK/{f=1} f && /^drops:/{print $2; exit}')
         recv=$(echo "$out" | awk '/Statistics for: REQUEST-ACK/{f=1} f && /^received packets:/{print $3; exit}')
