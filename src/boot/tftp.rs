@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use async_tftp::packet;
 use async_tftp::server::{Handler, TftpServerBuilder};
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -141,6 +140,7 @@ pub async fn run(
     let mut builder = TftpServerBuilder::with_handler(RootHandler {
         root: root.clone(),
         observer,
+        cache: Arc::default(),
     })
     .timeout(config.timeout)
     .max_send_retries(config.max_send_retries);
@@ -196,10 +196,42 @@ struct RootHandler {
     /// Canonical, so that `starts_with` on a canonical request path is a containment check.
     root: PathBuf,
     observer: Arc<dyn TftpObserver>,
+    /// Boot binaries are small and every node of a rack asks for the same one: each file is read
+    /// once (per size and mtime) and served from memory, instead of one blocking read per block.
+    cache: Arc<std::sync::Mutex<FileCache>>,
 }
 
+type FileCache = std::collections::HashMap<PathBuf, (std::time::SystemTime, u64, Arc<[u8]>)>;
+
+/// Files larger than this are refused over TFTP (kernels and images go over HTTP).
+const MAX_TFTP_FILE: u64 = 64 << 20;
+
 impl RootHandler {
-    async fn open(&self, requested: &Path) -> Result<(tokio::fs::File, u64), TftpFailure> {
+    /// The file's bytes, from the cache when its size and mtime still match.
+    async fn load(&self, requested: &Path) -> Result<Arc<[u8]>, TftpFailure> {
+        let (real, file, size) = self.open(requested).await?;
+        let modified = file.metadata().await.and_then(|m| m.modified()).map_err(|e| failure_from_io(&e))?;
+        if let Ok(cache) = self.cache.lock()
+            && let Some((at, len, bytes)) = cache.get(&real)
+            && *at == modified
+            && *len == size
+        {
+            return Ok(Arc::clone(bytes));
+        }
+        if size > MAX_TFTP_FILE {
+            return Err(TftpFailure::Unreadable(io::ErrorKind::FileTooLarge));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        let mut file = file;
+        tokio::io::AsyncReadExt::read_to_end(&mut file, &mut bytes).await.map_err(|e| failure_from_io(&e))?;
+        let bytes: Arc<[u8]> = bytes.into();
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(real, (modified, size, Arc::clone(&bytes)));
+        }
+        Ok(bytes)
+    }
+
+    async fn open(&self, requested: &Path) -> Result<(PathBuf, tokio::fs::File, u64), TftpFailure> {
         let relative = relative_request(requested).ok_or(TftpFailure::BadPath)?;
         let real = tokio::fs::canonicalize(self.root.join(relative))
             .await
@@ -218,7 +250,7 @@ impl RootHandler {
         if !meta.is_file() {
             return Err(TftpFailure::NotAFile);
         }
-        Ok((file, meta.len()))
+        Ok((real, file, meta.len()))
     }
 }
 
@@ -232,12 +264,13 @@ impl Handler for RootHandler {
         path: &Path,
     ) -> Result<(ObservedReader, Option<u64>), packet::Error> {
         let file = path.display().to_string();
-        match self.open(path).await {
-            Ok((handle, size)) => {
+        match self.load(path).await {
+            Ok(bytes) => {
+                let size = bytes.len() as u64;
                 debug!(peer = %client, file, size, "TFTP transfer started");
                 self.observer.transfer_started(*client, &file);
                 let reader = ObservedReader {
-                    inner: handle.compat(),
+                    inner: futures::io::Cursor::new(bytes),
                     peer: *client,
                     file,
                     observer: Arc::clone(&self.observer),
@@ -275,7 +308,7 @@ impl Handler for RootHandler {
 /// Counts what async-tftp reads and reports the outcome when it drops the reader, which it does
 /// when the transfer ends for any reason.
 struct ObservedReader {
-    inner: Compat<tokio::fs::File>,
+    inner: futures::io::Cursor<Arc<[u8]>>,
     peer: SocketAddr,
     file: String,
     observer: Arc<dyn TftpObserver>,
