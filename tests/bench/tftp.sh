@@ -47,7 +47,7 @@ run_once() {
     rm -rf "$WORK/out"; mkdir -p "$WORK/out"
     local start end
     start=$(date +%s.%N)
-    ip netns exec "$CL" curl -s --parallel --parallel-max "$N" --tftp-blksize 1468 "${urls[@]}" || true
+    ip netns exec "$CL" curl -s --no-progress-meter --parallel --parallel-max "$N" --tftp-blksize 1468 "${urls[@]}" || true
     end=$(date +%s.%N)
     local ok; ok=$(find "$WORK/out" -type f -size "${SIZE}c" | wc -l)
     echo "$(echo "$end - $start" | bc) $ok"
