@@ -63,12 +63,14 @@ pub struct Sushy {
     log: PathBuf,
 }
 
-/// Creates the venv once per machine (atomically, so parallel test binaries don't collide).
+/// Creates the venv once per machine: built in a staging folder and renamed into place, so
+/// parallel test binaries never see half an install. A renamed venv's console scripts keep the
+/// staging path in their `#!` line, so everything runs as `venv/bin/python -m ...`.
 pub fn venv() -> &'static Path {
     static READY: OnceLock<PathBuf> = OnceLock::new();
     READY.get_or_init(|| {
         let venv = PathBuf::from(VENV);
-        if venv.join("bin/sushy-emulator").exists() && python_ok(&venv) {
+        if python_ok(&venv) {
             return venv;
         }
         let staging = PathBuf::from(format!("{VENV}.{}", std::process::id()));
@@ -178,7 +180,12 @@ impl Sushy {
             fs::write(&shim, SESSION_SHIM).unwrap();
             vec![path_str(&venv.join("bin/python")), path_str(&shim)]
         } else {
-            vec![path_str(&venv.join("bin/sushy-emulator"))]
+            // What the `sushy-emulator` console script runs.
+            vec![
+                path_str(&venv.join("bin/python")),
+                "-m".into(),
+                "sushy_tools.emulator.main".into(),
+            ]
         };
         argv.extend(["--config".into(), path_str(&config)]);
         argv.extend([
@@ -197,12 +204,16 @@ impl Sushy {
 
         let log = dir.path().join("emulator.log");
         let log_file = fs::File::create(&log).unwrap();
-        // The emulator runs in the background; `cat` holds the pipe from us. When it ends (we
-        // drop stdin, or this process dies), the emulator is stopped and its files removed.
+        // The emulator runs in the background while `cat` reads the pipe from us. When the
+        // pipe closes (we drop stdin, or this process dies) the emulator is stopped and its files
+        // removed; when the emulator exits by itself, so does sh (`wait_until_listening` looks).
         let mut watchdog = Command::new("sh")
             .arg("-c")
             .arg(
-                r#""$@" </dev/null & child=$!; cat >/dev/null; kill "$child" 2>/dev/null; wait "$child"; rm -rf "$KILN_SUSHY_DIR""#,
+                r#"exec 3<&0
+"$@" </dev/null 3<&- & child=$!
+(cat <&3 >/dev/null; kill "$child" 2>/dev/null; rm -rf "$KILN_SUSHY_DIR") &
+wait "$child""#,
             )
             .arg("sh")
             .args(&argv)
@@ -214,7 +225,7 @@ impl Sushy {
             .expect("cannot start sh for sushy-emulator");
         let stdin = watchdog.stdin.take();
         let scheme = if options.tls { "https" } else { "http" };
-        let sushy = Sushy {
+        let mut sushy = Sushy {
             dir,
             watchdog,
             stdin,
@@ -227,15 +238,15 @@ impl Sushy {
         sushy
     }
 
-    fn wait_until_listening(&self) {
+    fn wait_until_listening(&mut self) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
-            if self.log().contains("Traceback") {
-                break;
+            if let Ok(Some(status)) = self.watchdog.try_wait() {
+                panic!("sushy-emulator exited ({status}):\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(100));
         }

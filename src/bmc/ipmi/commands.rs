@@ -6,7 +6,7 @@ use super::rmcp::Malformed;
 use crate::bmc::{BmcError, BootDevice, BootSetting, PowerState};
 
 /// The BMC's IPMB slave address.
-const BMC_ADDR: u8 = 0x20;
+pub(crate) const BMC_ADDR: u8 = 0x20;
 /// Software ID of a remote console.
 const CONSOLE_ADDR: u8 = 0x81;
 
@@ -38,7 +38,7 @@ impl Response {
 }
 
 /// Two's-complement checksum: the covered bytes plus the checksum sum to zero.
-fn checksum(bytes: &[u8]) -> u8 {
+pub(crate) fn checksum(bytes: &[u8]) -> u8 {
     bytes
         .iter()
         .fold(0u8, |sum, b| sum.wrapping_add(*b))
@@ -160,12 +160,12 @@ pub fn get_boot_flags() -> Request {
     }
 }
 
-const FLAGS_VALID: u8 = 0x80;
-const FLAGS_PERSISTENT: u8 = 0x40;
-const FLAGS_EFI: u8 = 0x20;
-const DEVICE_PXE: u8 = 0x04;
-const DEVICE_DISK: u8 = 0x08;
-const DEVICE_MASK: u8 = 0x3c;
+pub(crate) const FLAGS_VALID: u8 = 0x80;
+pub(crate) const FLAGS_PERSISTENT: u8 = 0x40;
+pub(crate) const FLAGS_EFI: u8 = 0x20;
+pub(crate) const DEVICE_PXE: u8 = 0x04;
+pub(crate) const DEVICE_DISK: u8 = 0x08;
+pub(crate) const DEVICE_MASK: u8 = 0x3c;
 
 /// Boot flags (parameter 5): valid; persistent or next boot only; EFI or legacy; the device.
 pub fn boot_flags(device: BootDevice, persistent: bool, uefi: bool) -> [u8; 5] {

@@ -2,10 +2,10 @@
 //! per BMC is kept and reused across calls, reopened transparently when it goes stale or the BMC
 //! forgets it (a BMC reboot, an idle timeout), and closed on drop.
 
-mod commands;
-mod crypto;
-mod rakp;
-mod rmcp;
+pub(crate) mod commands;
+pub(crate) mod crypto;
+pub(crate) mod rakp;
+pub(crate) mod rmcp;
 mod session;
 
 pub use crypto::CipherSuite;

@@ -9,7 +9,7 @@ use crate::bmc::BmcError;
 /// RMCP header: version 1.0, reserved, no RMCP ACK, class IPMI.
 const RMCP_IPMI: [u8; 4] = [0x06, 0x00, 0xff, 0x07];
 const AUTH_NONE: u8 = 0x00;
-const AUTH_RMCP_PLUS: u8 = 0x06;
+pub(crate) const AUTH_RMCP_PLUS: u8 = 0x06;
 const ENCRYPTED: u8 = 0x80;
 const AUTHENTICATED: u8 = 0x40;
 const NEXT_HEADER: u8 = 0x07;

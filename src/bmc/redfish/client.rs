@@ -34,6 +34,8 @@ pub fn base_url(address: &str, port: u16) -> Result<Url, String> {
         .map_err(|_| format!("'{address}' is not a Redfish address"))
 }
 
+/// A client with the per-request timeout and TLS policy. `CaFile` trusts only that bundle, as
+/// Ironic's `redfish_verify_ca = <path>` does; `Insecure` is the only way to skip the check.
 pub fn build_client(tls: &TlsVerify, timeout: Duration) -> Result<reqwest::Client, BmcError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Follow redirects only on the same origin: a session token must not leave the BMC.

@@ -1,5 +1,5 @@
-//! HTTP to one Redfish service: the TLS policy, the session-or-basic login, one attempt per
-//! request (plus one re-login when a session token has expired), and status → error mapping.
+//! Requests to one Redfish service: the session-or-basic login, one attempt per request (plus
+//! one re-login when a session token has expired), and status → error mapping.
 
 use super::client::{base_url, build_client};
 use super::errors;
@@ -33,19 +33,19 @@ enum Auth {
 }
 
 /// One reply, read whole. Bodies of Redfish resources are small.
-pub struct Reply {
-    pub status: u16,
-    pub etag: Option<String>,
+struct Reply {
+    status: u16,
+    etag: Option<String>,
     token: Option<Secret>,
     location: Option<String>,
-    pub body: Vec<u8>,
+    body: Vec<u8>,
 }
 
 pub struct Transport {
     client: reqwest::Client,
     base: Url,
     /// `host:port`, the only part of the address that goes into error messages.
-    pub host: String,
+    host: String,
     username: String,
     password: Secret,
     timeout: Duration,

@@ -3,6 +3,7 @@
 //! becomes its boot order. The virtual rack and the end-to-end tests drive VMs through it with the
 //! same drivers as real hardware.
 
+pub mod ipmi_server;
 pub mod redfish_server;
 pub mod vm;
 
@@ -110,18 +111,35 @@ fn read(reader: &mut Reader, root: &tree::Node) -> Option<VbmcConfig> {
     Some(VbmcConfig { redfish_listen: listen?, username: username?, password: Secret::new(password?), vms })
 }
 
-/// Serves until `shutdown`, then powers every VM off.
+/// Serves until `shutdown`, then powers every VM off: Redfish for every VM, and an IPMI lanplus
+/// endpoint for each VM with `ipmi_listen`. Every socket is bound before anything is served, so a
+/// taken port fails the start instead of leaving a VM without its BMC.
 pub async fn run(config: VbmcConfig, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
     if let Some(dir) = config.vms.first().map(|vm| vm.state_dir.clone()) {
         std::fs::create_dir_all(dir)?;
     }
     let vbmc = Arc::new(Vbmc::new(config.username, config.password, config.vms));
     let listener = tokio::net::TcpListener::bind(config.redfish_listen).await?;
+    let mut sockets = Vec::new();
+    for name in vbmc.names() {
+        let Some(vm) = vbmc.vm(&name).cloned() else { continue };
+        let Some(address) = vm.spec.ipmi_listen else { continue };
+        let socket = tokio::net::UdpSocket::bind(address).await.map_err(|e| std::io::Error::new(e.kind(), format!("IPMI {address} for {name}: {e}")))?;
+        tracing::info!(address = %socket.local_addr()?, vm = %name, "vbmc IPMI listening");
+        sockets.push((socket, vm));
+    }
+    let mut ipmi = tokio::task::JoinSet::new();
+    for (socket, vm) in sockets {
+        ipmi.spawn(ipmi_server::run(socket, vm, vbmc.username.clone(), vbmc.password.clone(), shutdown.clone()));
+    }
     tracing::info!(address = %listener.local_addr()?, vms = vbmc.names().len(), "vbmc Redfish listening");
     let stop = shutdown.clone();
-    axum::serve(listener, redfish_server::router(Arc::clone(&vbmc)))
+    let served = axum::serve(listener, redfish_server::router(Arc::clone(&vbmc)))
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+        .await;
+    // The IPMI endpoints stop on the same token; wait so none acts on a VM being powered off.
+    shutdown.cancel();
+    while ipmi.join_next().await.is_some() {}
     vbmc.power_off_all().await;
-    Ok(())
+    served
 }
