@@ -12,7 +12,16 @@ use std::time::{Duration, Instant};
 struct Guard(Child);
 
 impl Drop for Guard {
+    /// SIGTERM first so `kiln vbmc` powers its VMs off; SIGKILL if it does not exit.
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -78,12 +78,9 @@ enum Command {
         #[command(subcommand)]
         command: InventoryCommand,
     },
-    /// Virtual BMCs (Redfish) for QEMU VMs, for labs and tests.
-    Vbmc {
-        /// Configuration (see examples/vbmc.yaml).
-        #[arg(long)]
-        config: PathBuf,
-    },
+    /// Virtual BMCs (Redfish, IPMI) for QEMU VMs, for labs and tests. `--config` names the vbmc
+    /// configuration here (see examples/vbmc.yaml), not the daemon's.
+    Vbmc,
     /// Inspect and drive nodes.
     Node {
         #[command(subcommand)]
@@ -205,6 +202,9 @@ fn settings(cli: &Cli) -> Result<Settings> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Vbmc = cli.command {
+        return vbmc(&cli).await;
+    }
     let settings = settings(&cli)?;
     match cli.command {
         Command::Serve {
@@ -229,21 +229,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Node { command } => node_command(&settings, command, cli.json).await,
-        Command::Vbmc { config } => {
-            serve::init_logging(&settings);
-            let config = crate::bmc::vbmc::load_config(&config).map_err(|errors| {
-                anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-            })?;
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                serve::wait_for_signal().await;
-                stop.cancel();
-            });
-            crate::bmc::vbmc::run(config, shutdown).await.context("vbmc failed")?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Vbmc => vbmc(&cli).await,
     }
+}
+
+/// `kiln vbmc --config FILE`: serves until SIGTERM/ctrl-c, then powers its VMs off.
+async fn vbmc(cli: &Cli) -> Result<ExitCode> {
+    let path = cli.config.as_ref().context("kiln vbmc needs --config FILE (see examples/vbmc.yaml)")?;
+    let settings = Settings {
+        data_dir: PathBuf::new(),
+        api_url: None,
+        token: None,
+        log_format: cli.log_format.unwrap_or(LogFormat::Text),
+        log_level: cli.log_level.clone().unwrap_or_else(|| "info".into()),
+        file: config::ConfigFile::default(),
+    };
+    serve::init_logging(&settings);
+    let config = crate::bmc::vbmc::load_config(path).map_err(|errors| {
+        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        serve::wait_for_signal().await;
+        stop.cancel();
+    });
+    crate::bmc::vbmc::run(config, shutdown).await.context("vbmc failed")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> Result<ExitCode> {
