@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kiln's test command (README, `.ci/run`): installs what the suite needs on a fresh Debian machine,
 # then runs formatting, lint and every test. Tests start their own peers (PostgreSQL in a temp
-# dir, the kiln daemon, dnsmasq, QEMU VMs inside network namespaces they create) and stop them.
+# dir, the kiln daemon, dnsmasq, ipmi_sim, sushy-tools (pip, in a venv under /tmp), QEMU VMs
+# inside network namespaces they create) and stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,9 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 command -v ipmi_sim >/dev/null || need+=(openipmi)
 command -v ipmitool >/dev/null || need+=(ipmitool)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     # Keep package scripts from starting services (PostgreSQL's cluster): tests start their own.
