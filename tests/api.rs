@@ -10,15 +10,29 @@ const PASSWORD: &str = "Sup3r-Secret-BMC-pw";
 /// The example rack with its BMCs moved to closed loopback ports: the daemon really talks to them
 /// (and must report them unreachable), and no packet leaves this machine.
 fn rack(dir: &std::path::Path) -> std::path::PathBuf {
-    let closed_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let closed_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed_udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed_tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let text = std::fs::read_to_string("examples/rack.yaml")
         .unwrap()
         .replace("change-me", PASSWORD)
         .replace("address: 10.99.1.11", "address: 127.0.0.1")
         .replace("port: 623 ", &format!("port: {closed_udp} "))
-        .replace("https://10.99.1.12:8000", &format!("https://127.0.0.1:{closed_tcp}"));
-    assert!(text.contains(&format!("port: {closed_udp}")), "the example still has 'port: 623'");
+        .replace(
+            "https://10.99.1.12:8000",
+            &format!("https://127.0.0.1:{closed_tcp}"),
+        );
+    assert!(
+        text.contains(&format!("port: {closed_udp}")),
+        "the example still has 'port: 623'"
+    );
     let path = dir.join("rack.yaml");
     std::fs::write(&path, text).unwrap();
     path
@@ -191,11 +205,16 @@ async fn enroll_drive_and_inspect_nodes_without_leaking_the_password() {
     );
     let (_, stdout, _) = cli(&["node", "history", "ctl-01"]);
     assert!(
-        stdout.contains("operator requested manage") && stdout.contains("verifying") && stdout.contains(reason),
+        stdout.contains("operator requested manage")
+            && stdout.contains("verifying")
+            && stdout.contains(reason),
         "{stdout}"
     );
     let (_, stdout, _) = cli(&["node", "list"]);
-    assert!(stdout.contains("ctl-01") && stdout.contains("enroll"), "{stdout}");
+    assert!(
+        stdout.contains("ctl-01") && stdout.contains("enroll"),
+        "{stdout}"
+    );
 
     // API: JSON errors with stable codes.
     let client = http();

@@ -33,8 +33,20 @@ async fn sync_records_power_unreachable_reasons_and_drift() {
     );
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_in(dir.path()).await.unwrap();
-    store.enroll(&kiln::inventory::parse("rack.yaml", &inventory).unwrap().nodes, false).await.unwrap();
-    let policy = GuardPolicy { attempts: 1, timeout: Duration::from_secs(10), ..GuardPolicy::default() };
+    store
+        .enroll(
+            &kiln::inventory::parse("rack.yaml", &inventory)
+                .unwrap()
+                .nodes,
+            false,
+        )
+        .await
+        .unwrap();
+    let policy = GuardPolicy {
+        attempts: 1,
+        timeout: Duration::from_secs(10),
+        ..GuardPolicy::default()
+    };
     let registry = Registry::new(Arc::new(Drivers), policy);
 
     let report = sync_power_once(&store, &registry, 4).await.unwrap();
@@ -46,23 +58,45 @@ async fn sync_records_power_unreachable_reasons_and_drift() {
     }
     let gone = store.node("gone").await.unwrap();
     assert_eq!(gone.power_state, None);
-    assert!(gone.bmc_error.as_deref().is_some_and(|e| e.starts_with("BMC ")), "{:?}", gone.bmc_error);
+    assert!(
+        gone.bmc_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("BMC ")),
+        "{:?}",
+        gone.bmc_error
+    );
     let badpw = store.node("badpw").await.unwrap();
     assert_eq!(badpw.bmc_error.as_deref(), Some("wrong BMC credentials"));
 
     // Someone powers `a` on behind Kiln's back: the next pass records it and reports drift.
-    let bmc = registry.for_node(&store.node("a").await.unwrap()).await.unwrap();
+    let bmc = registry
+        .for_node(&store.node("a").await.unwrap())
+        .await
+        .unwrap();
     bmc.power(PowerAction::On).await.unwrap();
-    assert_eq!(a.power().as_deref(), Some("1"), "ipmi_sim's chassis really is on");
+    assert_eq!(
+        a.power().as_deref(),
+        Some("1"),
+        "ipmi_sim's chassis really is on"
+    );
     let report = sync_power_once(&store, &registry, 4).await.unwrap();
     assert_eq!(report.drifted, vec!["a".to_string()]);
-    assert_eq!(store.node("a").await.unwrap().power_state.as_deref(), Some("on"));
-    assert_eq!(store.node("b").await.unwrap().power_state.as_deref(), Some("off"));
+    assert_eq!(
+        store.node("a").await.unwrap().power_state.as_deref(),
+        Some("on")
+    );
+    assert_eq!(
+        store.node("b").await.unwrap().power_state.as_deref(),
+        Some("off")
+    );
 
     // Nothing of the password reaches the stored reasons.
     for name in ["a", "b", "gone", "badpw"] {
         let n = store.node(name).await.unwrap();
         let reason = n.bmc_error.unwrap_or_default();
-        assert!(!reason.contains(&password) && !reason.contains("Wrong-Pw-123"), "{reason}");
+        assert!(
+            !reason.contains(&password) && !reason.contains("Wrong-Pw-123"),
+            "{reason}"
+        );
     }
 }

@@ -30,17 +30,27 @@ impl Drop for Guard {
 fn wait_for(path: &Path, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
-        let text = std::fs::read_to_string(path).map(|b| b.replace('\r', "")).unwrap_or_default();
+        let text = std::fs::read_to_string(path)
+            .map(|b| b.replace('\r', ""))
+            .unwrap_or_default();
         if text.contains(needle) {
             return text;
         }
-        assert!(Instant::now() < deadline, "{needle:?} not in {} after {timeout:?}:\n{text}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in {} after {timeout:?}:\n{text}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 fn in_ns(lab: &Lab, program: &str, args: &[&str]) -> Output {
-    Command::new("ip").args(["netns", "exec", &lab.server_ns, program]).args(args).output().unwrap()
+    Command::new("ip")
+        .args(["netns", "exec", &lab.server_ns, program])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn curl(lab: &Lab, args: &[&str]) -> (String, String) {
@@ -71,14 +81,27 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
     let kiln = env!("CARGO_BIN_EXE_kiln");
     let vbmc = Guard(
         Command::new("ip")
-            .args(["netns", "exec", &lab.server_ns, kiln, "--log-level", "debug", "vbmc", "--config"])
+            .args([
+                "netns",
+                "exec",
+                &lab.server_ns,
+                kiln,
+                "--log-level",
+                "debug",
+                "vbmc",
+                "--config",
+            ])
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("vbmc.log")).unwrap())
             .spawn()
             .unwrap(),
     );
-    wait_for(&dir.path().join("vbmc.log"), "vbmc Redfish listening", Duration::from_secs(20));
+    wait_for(
+        &dir.path().join("vbmc.log"),
+        "vbmc Redfish listening",
+        Duration::from_secs(20),
+    );
 
     // curl: auth required, root, Systems, the System, boot PATCH, Reset.
     let base = "http://127.0.0.1:8000/redfish/v1";
@@ -90,11 +113,40 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
     assert!(body.contains("/redfish/v1/Systems"), "{body}");
     let (body, _) = curl(&lab, &[auth[0], auth[1], &format!("{base}/Systems")]);
     assert!(body.contains("/redfish/v1/Systems/vm-node"), "{body}");
-    let (body, _) = curl(&lab, &[auth[0], auth[1], &format!("{base}/Systems/vm-node")]);
+    let (body, _) = curl(
+        &lab,
+        &[auth[0], auth[1], &format!("{base}/Systems/vm-node")],
+    );
     assert!(body.contains("\"PowerState\":\"Off\""), "{body}");
-    let (_, code) = curl(&lab, &[auth[0], auth[1], "-X", "PATCH", "-H", "Content-Type: application/json", "-d", r#"{"Boot":{"BootSourceOverrideTarget":"Hdd","BootSourceOverrideEnabled":"Continuous"}}"#, &format!("{base}/Systems/vm-node")]);
+    let (_, code) = curl(
+        &lab,
+        &[
+            auth[0],
+            auth[1],
+            "-X",
+            "PATCH",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"Boot":{"BootSourceOverrideTarget":"Hdd","BootSourceOverrideEnabled":"Continuous"}}"#,
+            &format!("{base}/Systems/vm-node"),
+        ],
+    );
     assert_eq!(code, "204");
-    let (_, code) = curl(&lab, &[auth[0], auth[1], "-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"ResetType":"Dance"}"#, &format!("{base}/Systems/vm-node/Actions/ComputerSystem.Reset")]);
+    let (_, code) = curl(
+        &lab,
+        &[
+            auth[0],
+            auth[1],
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"ResetType":"Dance"}"#,
+            &format!("{base}/Systems/vm-node/Actions/ComputerSystem.Reset"),
+        ],
+    );
     assert_eq!(code, "400");
 
     // Kiln with boot services in the same namespace; the node's BMC is the vbmc.
@@ -103,14 +155,28 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
         Command::new("ip")
             .args(["netns", "exec", &lab.server_ns, kiln, "--data-dir"])
             .arg(&data)
-            .args(["--log-level", "debug", "serve", "--listen", "127.0.0.1:6385", "--boot-interface", "br0", "--power-sync-interval", "0"])
+            .args([
+                "--log-level",
+                "debug",
+                "serve",
+                "--listen",
+                "127.0.0.1:6385",
+                "--boot-interface",
+                "br0",
+                "--power-sync-interval",
+                "0",
+            ])
             .arg(format!("--dhcp-pool={}-{}", lab.addr(20), lab.addr(30)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
             .spawn()
             .unwrap(),
     );
-    wait_for(&dir.path().join("daemon.log"), "DHCP serving", Duration::from_secs(30));
+    wait_for(
+        &dir.path().join("daemon.log"),
+        "DHCP serving",
+        Duration::from_secs(30),
+    );
     let rack = dir.path().join("rack.yaml");
     std::fs::write(
         &rack,
@@ -121,7 +187,11 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
         let mut full = vec!["--data-dir", data.to_str().unwrap()];
         full.extend_from_slice(args);
         let out = in_ns(&lab, kiln, &full);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     assert_eq!(cli(&["enroll", rack.to_str().unwrap()]).0, Some(0));
     assert_eq!(cli(&["node", "manage", "vm-node"]).0, Some(0));
@@ -133,21 +203,29 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(shown.contains("\"provision_state\": \"manageable\""), "verified through the vbmc: {shown}");
+    assert!(
+        shown.contains("\"provision_state\": \"manageable\""),
+        "verified through the vbmc: {shown}"
+    );
 
     let (code, out) = cli(&["node", "boot-device", "vm-node", "pxe"]);
     assert_eq!(code, Some(0), "{out}");
     let (code, out) = cli(&["node", "power", "vm-node", "on"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("power on"), "{out}");
-    wait_for(&state.join("vm-node.serial.log"), "Kiln: vm-node: node vm-node is manageable", Duration::from_secs(120));
+    wait_for(
+        &state.join("vm-node.serial.log"),
+        "Kiln: vm-node: node vm-node is manageable",
+        Duration::from_secs(120),
+    );
 
     let (code, out) = cli(&["node", "power", "vm-node", "off"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("power off"), "{out}");
     let (_, out) = cli(&["node", "power", "vm-node", "status"]);
     assert!(out.contains("power off"), "{out}");
-    let log = std::fs::read_to_string(dir.path().join("vbmc.log")).unwrap() + &std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("vbmc.log")).unwrap()
+        + &std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(!log.contains("vbmc-Secret-9"), "no password in the logs");
     drop(daemon);
     drop(vbmc);

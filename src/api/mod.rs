@@ -34,8 +34,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/nodes/{name}/history", get(node_history))
         .route("/nodes/{name}/events", get(node_events))
         .route("/nodes/{name}/states/provision", put(set_provision_state))
-        .route("/nodes/{name}/states/power", get(power::status).put(power::set))
-        .route("/nodes/{name}/states/boot_device", get(power::boot_device).put(power::set_boot_device))
+        .route(
+            "/nodes/{name}/states/power",
+            get(power::status).put(power::set),
+        )
+        .route(
+            "/nodes/{name}/states/boot_device",
+            get(power::boot_device).put(power::set_boot_device),
+        )
         .route("/inventory", axum::routing::post(enroll))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -97,7 +103,6 @@ async fn set_provision_state(
     let node = state.conductor.request(&name, verb).await?;
     Ok((StatusCode::ACCEPTED, Json(node)))
 }
-
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -35,34 +35,68 @@ fn action(target: &str) -> Result<PowerAction, ApiError> {
         "soft-off" => PowerAction::SoftOff,
         "reset" | "reboot" => PowerAction::Reset,
         "cycle" => PowerAction::Cycle,
-        other => return Err(ApiError::BadRequest(format!("unknown power target '{other}' (on, off, soft-off, reset, cycle)"))),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown power target '{other}' (on, off, soft-off, reset, cycle)"
+            )));
+        }
     })
 }
 
-async fn bmc_of(state: &ApiState, name: &str) -> Result<(crate::model::Node, std::sync::Arc<crate::bmc::guard::GuardedBmc>), ApiError> {
+async fn bmc_of(
+    state: &ApiState,
+    name: &str,
+) -> Result<
+    (
+        crate::model::Node,
+        std::sync::Arc<crate::bmc::guard::GuardedBmc>,
+    ),
+    ApiError,
+> {
     let node = state.conductor.store().node(name).await?;
-    let bmc = state.bmcs.for_node(&node).await.map_err(|err| ApiError::Bmc(format!("node '{name}': {err}")))?;
+    let bmc = state
+        .bmcs
+        .for_node(&node)
+        .await
+        .map_err(|err| ApiError::Bmc(format!("node '{name}': {err}")))?;
     Ok((node, bmc))
 }
 
 /// Records a BMC failure on the node and turns it into the API error.
 async fn failed(state: &ApiState, node: &crate::model::Node, err: BmcError) -> ApiError {
-    let _ = state.conductor.store().record_power(node.uuid, Err(&err.to_string())).await;
+    let _ = state
+        .conductor
+        .store()
+        .record_power(node.uuid, Err(&err.to_string()))
+        .await;
     ApiError::Bmc(format!("node '{}': {err}", node.spec.name))
 }
 
-pub async fn status(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<PowerReply>, ApiError> {
+pub async fn status(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<PowerReply>, ApiError> {
     let (node, bmc) = bmc_of(&state, &name).await?;
     match bmc.power_state().await {
         Ok(power) => {
-            state.conductor.store().record_power(node.uuid, Ok(&power.to_string())).await?;
-            Ok(Json(PowerReply { power_state: power.to_string() }))
+            state
+                .conductor
+                .store()
+                .record_power(node.uuid, Ok(&power.to_string()))
+                .await?;
+            Ok(Json(PowerReply {
+                power_state: power.to_string(),
+            }))
         }
         Err(err) => Err(failed(&state, &node, err).await),
     }
 }
 
-pub async fn set(State(state): State<ApiState>, Path(name): Path<String>, Json(request): Json<PowerRequest>) -> Result<Json<PowerReply>, ApiError> {
+pub async fn set(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Json(request): Json<PowerRequest>,
+) -> Result<Json<PowerReply>, ApiError> {
     let action = action(&request.target)?;
     let (node, bmc) = bmc_of(&state, &name).await?;
     if let Err(err) = bmc.power(action).await {
@@ -71,14 +105,23 @@ pub async fn set(State(state): State<ApiState>, Path(name): Path<String>, Json(r
     tracing::info!(node = %name, ?action, "power changed");
     match bmc.power_state().await {
         Ok(power) => {
-            state.conductor.store().record_power(node.uuid, Ok(&power.to_string())).await?;
-            Ok(Json(PowerReply { power_state: power.to_string() }))
+            state
+                .conductor
+                .store()
+                .record_power(node.uuid, Ok(&power.to_string()))
+                .await?;
+            Ok(Json(PowerReply {
+                power_state: power.to_string(),
+            }))
         }
         Err(err) => Err(failed(&state, &node, err).await),
     }
 }
 
-pub async fn boot_device(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<BootSetting>, ApiError> {
+pub async fn boot_device(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<BootSetting>, ApiError> {
     let (node, bmc) = bmc_of(&state, &name).await?;
     match bmc.boot_device().await {
         Ok(setting) => Ok(Json(setting)),
@@ -93,9 +136,16 @@ pub async fn set_boot_device(
 ) -> Result<Json<BootSetting>, ApiError> {
     let (node, bmc) = bmc_of(&state, &name).await?;
     let uefi = node.spec.boot_mode == BootMode::Uefi;
-    if let Err(err) = bmc.set_boot_device(request.device, request.persistent, uefi).await {
+    if let Err(err) = bmc
+        .set_boot_device(request.device, request.persistent, uefi)
+        .await
+    {
         return Err(failed(&state, &node, err).await);
     }
     tracing::info!(node = %name, device = ?request.device, persistent = request.persistent, "boot device set");
-    Ok(Json(BootSetting { device: Some(request.device), persistent: request.persistent, uefi: Some(uefi) }))
+    Ok(Json(BootSetting {
+        device: Some(request.device),
+        persistent: request.persistent,
+        uefi: Some(uefi),
+    }))
 }

@@ -57,12 +57,19 @@ pub struct GuardedBmc {
 /// Failures worth another attempt; wrong credentials or unsupported features never get better
 /// (and retrying a wrong password can lock a BMC account).
 pub fn is_transient(error: &BmcError) -> bool {
-    matches!(error, BmcError::Timeout(_) | BmcError::Refused | BmcError::Unreachable(_) | BmcError::Protocol(_))
+    matches!(
+        error,
+        BmcError::Timeout(_) | BmcError::Refused | BmcError::Unreachable(_) | BmcError::Protocol(_)
+    )
 }
 
 impl GuardedBmc {
     pub fn new(inner: Box<dyn Bmc>, policy: GuardPolicy) -> Self {
-        Self { inner, policy, state: Mutex::new(GuardState::default()) }
+        Self {
+            inner,
+            policy,
+            state: Mutex::new(GuardState::default()),
+        }
     }
 
     /// The reason the circuit is open, if it is.
@@ -82,7 +89,11 @@ impl GuardedBmc {
         if let Some(until) = state.open_until
             && Instant::now() < until
         {
-            let last = state.last_error.as_ref().map(ToString::to_string).unwrap_or_default();
+            let last = state
+                .last_error
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
             return Err(BmcError::CircuitOpen(last));
         }
         if let Some(last) = state.last_start {
@@ -95,10 +106,13 @@ impl GuardedBmc {
         let mut backoff = self.policy.backoff;
         let mut attempt = 1;
         let result = loop {
-            let outcome = match tokio::time::timeout(self.policy.timeout, operation(self.inner.as_ref())).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(BmcError::Timeout(self.policy.timeout.as_millis() as u64)),
-            };
+            let outcome =
+                match tokio::time::timeout(self.policy.timeout, operation(self.inner.as_ref()))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(BmcError::Timeout(self.policy.timeout.as_millis() as u64)),
+                };
             match outcome {
                 Err(err) if is_transient(&err) && attempt < self.policy.attempts => {
                     tracing::debug!(attempt, error = %err, "BMC call failed; retrying");
@@ -137,8 +151,14 @@ impl Bmc for GuardedBmc {
         self.call(move |bmc| bmc.power(action)).await
     }
 
-    async fn set_boot_device(&self, device: BootDevice, persistent: bool, uefi: bool) -> Result<(), BmcError> {
-        self.call(move |bmc| bmc.set_boot_device(device, persistent, uefi)).await
+    async fn set_boot_device(
+        &self,
+        device: BootDevice,
+        persistent: bool,
+        uefi: bool,
+    ) -> Result<(), BmcError> {
+        self.call(move |bmc| bmc.set_boot_device(device, persistent, uefi))
+            .await
     }
 
     async fn boot_device(&self) -> Result<BootSetting, BmcError> {
@@ -162,7 +182,11 @@ mod tests {
 
     impl Scripted {
         fn new(results: Vec<Result<PowerState, BmcError>>, delay: Duration) -> Self {
-            Self { results: StdMutex::new(results.into()), calls: AtomicU32::new(0), delay }
+            Self {
+                results: StdMutex::new(results.into()),
+                calls: AtomicU32::new(0),
+                delay,
+            }
         }
     }
 
@@ -171,7 +195,11 @@ mod tests {
         async fn power_state(&self) -> Result<PowerState, BmcError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
-            self.results.lock().unwrap().pop_front().unwrap_or(Ok(PowerState::On))
+            self.results
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Ok(PowerState::On))
         }
         async fn power(&self, _: PowerAction) -> Result<(), BmcError> {
             Ok(())
@@ -195,7 +223,11 @@ mod tests {
         }
     }
 
-    fn guarded(results: Vec<Result<PowerState, BmcError>>, delay: Duration, policy: GuardPolicy) -> (GuardedBmc, &'static Scripted) {
+    fn guarded(
+        results: Vec<Result<PowerState, BmcError>>,
+        delay: Duration,
+        policy: GuardPolicy,
+    ) -> (GuardedBmc, &'static Scripted) {
         let scripted: &'static Scripted = Box::leak(Box::new(Scripted::new(results, delay)));
         struct Shared(&'static Scripted);
         #[async_trait::async_trait]
@@ -206,42 +238,75 @@ mod tests {
             async fn power(&self, a: PowerAction) -> Result<(), BmcError> {
                 self.0.power(a).await
             }
-            async fn set_boot_device(&self, d: BootDevice, p: bool, u: bool) -> Result<(), BmcError> {
+            async fn set_boot_device(
+                &self,
+                d: BootDevice,
+                p: bool,
+                u: bool,
+            ) -> Result<(), BmcError> {
                 self.0.set_boot_device(d, p, u).await
             }
             async fn boot_device(&self) -> Result<BootSetting, BmcError> {
                 self.0.boot_device().await
             }
         }
-        (GuardedBmc::new(Box::new(Shared(scripted)), policy), scripted)
+        (
+            GuardedBmc::new(Box::new(Shared(scripted)), policy),
+            scripted,
+        )
     }
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_with_backoff() {
-        let (bmc, inner) = guarded(vec![Err(BmcError::Refused), Err(BmcError::Timeout(5)), Ok(PowerState::Off)], Duration::ZERO, policy());
+        let (bmc, inner) = guarded(
+            vec![
+                Err(BmcError::Refused),
+                Err(BmcError::Timeout(5)),
+                Ok(PowerState::Off),
+            ],
+            Duration::ZERO,
+            policy(),
+        );
         let start = Instant::now();
         assert_eq!(bmc.power_state().await, Ok(PowerState::Off));
         assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
-        assert_eq!(start.elapsed(), Duration::from_millis(300), "100 ms then 200 ms of backoff");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(300),
+            "100 ms then 200 ms of backoff"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn wrong_credentials_are_not_retried() {
-        let (bmc, inner) = guarded(vec![Err(BmcError::WrongCredentials)], Duration::ZERO, policy());
+        let (bmc, inner) = guarded(
+            vec![Err(BmcError::WrongCredentials)],
+            Duration::ZERO,
+            policy(),
+        );
         assert_eq!(bmc.power_state().await, Err(BmcError::WrongCredentials));
         assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hung_bmc_times_out_and_the_circuit_opens_then_recovers() {
-        let (bmc, inner) = guarded(vec![], Duration::from_secs(10), GuardPolicy { attempts: 1, ..policy() });
+        let (bmc, inner) = guarded(
+            vec![],
+            Duration::from_secs(10),
+            GuardPolicy {
+                attempts: 1,
+                ..policy()
+            },
+        );
         assert_eq!(bmc.power_state().await, Err(BmcError::Timeout(2000)));
         assert_eq!(bmc.power_state().await, Err(BmcError::Timeout(2000)));
         // Open: fails fast with the last reason, without calling the BMC.
         let calls = inner.calls.load(Ordering::SeqCst);
         let start = Instant::now();
         match bmc.power_state().await {
-            Err(BmcError::CircuitOpen(reason)) => assert!(reason.contains("did not answer"), "{reason}"),
+            Err(BmcError::CircuitOpen(reason)) => {
+                assert!(reason.contains("did not answer"), "{reason}")
+            }
             other => panic!("expected an open circuit, got {other:?}"),
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -250,18 +315,33 @@ mod tests {
         // After the cooldown one call goes through again.
         tokio::time::advance(Duration::from_secs(31)).await;
         let result = bmc.power_state().await;
-        assert_eq!(result, Err(BmcError::Timeout(2000)), "still hung, but it was tried");
+        assert_eq!(
+            result,
+            Err(BmcError::Timeout(2000)),
+            "still hung, but it was tried"
+        );
         assert_eq!(inner.calls.load(Ordering::SeqCst), calls + 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn calls_are_serialised_and_spaced() {
-        let (bmc, inner) = guarded(vec![], Duration::from_millis(50), GuardPolicy { min_interval: Duration::from_millis(500), ..policy() });
+        let (bmc, inner) = guarded(
+            vec![],
+            Duration::from_millis(50),
+            GuardPolicy {
+                min_interval: Duration::from_millis(500),
+                ..policy()
+            },
+        );
         let bmc = std::sync::Arc::new(bmc);
         let start = Instant::now();
         let (a, b) = tokio::join!(bmc.power_state(), bmc.power_state());
         assert!(a.is_ok() && b.is_ok());
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
-        assert_eq!(start.elapsed(), Duration::from_millis(550), "second call starts 500 ms after the first");
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(550),
+            "second call starts 500 ms after the first"
+        );
     }
 }

@@ -36,11 +36,21 @@ impl Connector for Drivers {
 /// password rebuilds the session), never the password itself.
 fn fingerprint(spec: &BmcSpec) -> [u8; 32] {
     let mut hash = Sha256::new();
-    for part in [spec.endpoint_key().as_str(), spec.username.as_str(), spec.password.expose()] {
+    for part in [
+        spec.endpoint_key().as_str(),
+        spec.username.as_str(),
+        spec.password.expose(),
+    ] {
         hash.update(part.as_bytes());
         hash.update([0]);
     }
-    hash.update(format!("{:?}{:?}{:?}", spec.kind, spec.cipher_suite, spec.tls_verify).as_bytes());
+    hash.update(
+        format!(
+            "{:?}{:?}{:?}",
+            spec.kind, spec.cipher_suite, spec.tls_verify
+        )
+        .as_bytes(),
+    );
     hash.finalize().into()
 }
 
@@ -55,7 +65,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(connector: Arc<dyn Connector>, policy: GuardPolicy) -> Self {
-        Self { connector, policy, by_node: Mutex::new(HashMap::new()) }
+        Self {
+            connector,
+            policy,
+            by_node: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The node's guarded BMC, reusing the existing one (and its session) when nothing changed.
@@ -67,7 +81,10 @@ impl Registry {
         {
             return Ok(Arc::clone(bmc));
         }
-        let bmc = Arc::new(GuardedBmc::new(self.connector.connect(&node.spec.bmc)?, self.policy.clone()));
+        let bmc = Arc::new(GuardedBmc::new(
+            self.connector.connect(&node.spec.bmc)?,
+            self.policy.clone(),
+        ));
         map.insert(node.uuid, (print, Arc::clone(&bmc)));
         Ok(bmc)
     }
@@ -82,7 +99,11 @@ pub struct SyncReport {
 }
 
 /// Reads every node's power state, at most `concurrency` BMCs at a time.
-pub async fn sync_power_once(store: &Store, registry: &Registry, concurrency: usize) -> Result<SyncReport, crate::store::StoreError> {
+pub async fn sync_power_once(
+    store: &Store,
+    registry: &Registry,
+    concurrency: usize,
+) -> Result<SyncReport, crate::store::StoreError> {
     let nodes = store.list_nodes().await?;
     let results: Vec<(Node, Result<super::PowerState, BmcError>)> = futures::stream::iter(nodes)
         .map(|node| async move {
@@ -99,7 +120,11 @@ pub async fn sync_power_once(store: &Store, registry: &Registry, concurrency: us
     for (node, observed) in results {
         report.checked += 1;
         let recorded = match &observed {
-            Ok(state) => store.record_power(node.uuid, Ok(&state.to_string())).await?,
+            Ok(state) => {
+                store
+                    .record_power(node.uuid, Ok(&state.to_string()))
+                    .await?
+            }
             Err(err) => {
                 report.unreachable += 1;
                 if node.bmc_error.as_deref() != Some(&err.to_string()) {
@@ -119,7 +144,13 @@ pub async fn sync_power_once(store: &Store, registry: &Registry, concurrency: us
 }
 
 /// The background reconciler: a pass every `every` until `shutdown`.
-pub async fn run_power_sync(store: Store, registry: Arc<Registry>, every: Duration, concurrency: usize, shutdown: CancellationToken) {
+pub async fn run_power_sync(
+    store: Store,
+    registry: Arc<Registry>,
+    every: Duration,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
     loop {
         if let Err(err) = sync_power_once(&store, &registry, concurrency).await {
             tracing::warn!(error = %err, "power sync pass failed");

@@ -235,7 +235,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// `kiln vbmc --config FILE`: serves until SIGTERM/ctrl-c, then powers its VMs off.
 async fn vbmc(cli: &Cli) -> Result<ExitCode> {
-    let path = cli.config.as_ref().context("kiln vbmc needs --config FILE (see examples/vbmc.yaml)")?;
+    let path = cli
+        .config
+        .as_ref()
+        .context("kiln vbmc needs --config FILE (see examples/vbmc.yaml)")?;
     let settings = Settings {
         data_dir: PathBuf::new(),
         api_url: None,
@@ -246,7 +249,13 @@ async fn vbmc(cli: &Cli) -> Result<ExitCode> {
     };
     serve::init_logging(&settings);
     let config = crate::bmc::vbmc::load_config(path).map_err(|errors| {
-        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        anyhow::anyhow!(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     })?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
@@ -254,7 +263,9 @@ async fn vbmc(cli: &Cli) -> Result<ExitCode> {
         serve::wait_for_signal().await;
         stop.cancel();
     });
-    crate::bmc::vbmc::run(config, shutdown).await.context("vbmc failed")?;
+    crate::bmc::vbmc::run(config, shutdown)
+        .await
+        .context("vbmc failed")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -272,7 +283,8 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
             return Ok(ExitCode::SUCCESS);
         }
         NodeCommand::Events { name } => {
-            let entries: Vec<serde_json::Value> = client.get(&format!("/nodes/{name}/events")).await?;
+            let entries: Vec<serde_json::Value> =
+                client.get(&format!("/nodes/{name}/events")).await?;
             output::events(&entries, json);
             return Ok(ExitCode::SUCCESS);
         }
@@ -304,18 +316,33 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
             let reply: serde_json::Value = if action == "status" {
                 client.get(&path).await?
             } else {
-                client.put(&path, &serde_json::json!({"target": action})).await?
+                client
+                    .put(&path, &serde_json::json!({"target": action}))
+                    .await?
             };
             output::power(&name, &reply, json);
             return Ok(ExitCode::SUCCESS);
         }
-        NodeCommand::BootDevice { name, device, persistent } => {
+        NodeCommand::BootDevice {
+            name,
+            device,
+            persistent,
+        } => {
             let body = serde_json::json!({"device": device, "persistent": persistent});
-            let reply: serde_json::Value = client.put(&format!("/nodes/{name}/states/boot_device"), &body).await?;
+            let reply: serde_json::Value = client
+                .put(&format!("/nodes/{name}/states/boot_device"), &body)
+                .await?;
             if json {
                 println!("{reply}");
             } else {
-                println!("{name}: next boot from {device}{}", if persistent { " (persistent)" } else { " (once)" });
+                println!(
+                    "{name}: next boot from {device}{}",
+                    if persistent {
+                        " (persistent)"
+                    } else {
+                        " (once)"
+                    }
+                );
             }
             return Ok(ExitCode::SUCCESS);
         }

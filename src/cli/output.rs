@@ -171,7 +171,10 @@ pub fn power(name: &str, reply: &Value, json: bool) {
 
 pub fn events(entries: &[Value], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(entries).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(entries).unwrap_or_default()
+        );
         return;
     }
     let mut table = Table::new();

@@ -17,10 +17,18 @@ use tokio_util::sync::CancellationToken;
 #[derive(clap::Args, Debug, Clone)]
 pub struct PowerSyncOptions {
     /// Seconds between power-state sync passes; 0 turns the sync off.
-    #[arg(long = "power-sync-interval", env = "KILN_POWER_SYNC_INTERVAL", default_value_t = 60)]
+    #[arg(
+        long = "power-sync-interval",
+        env = "KILN_POWER_SYNC_INTERVAL",
+        default_value_t = 60
+    )]
     pub interval_secs: u64,
     /// BMCs queried at once during a sync pass.
-    #[arg(long = "power-sync-concurrency", env = "KILN_POWER_SYNC_CONCURRENCY", default_value_t = 16)]
+    #[arg(
+        long = "power-sync-concurrency",
+        env = "KILN_POWER_SYNC_CONCURRENCY",
+        default_value_t = 16
+    )]
     pub concurrency: usize,
 }
 
@@ -63,13 +71,24 @@ pub async fn run(
     tracing::info!(dialect = ?store.dialect(), "database ready");
 
     let bmcs = Arc::new(Registry::new(Arc::new(Drivers), GuardPolicy::default()));
-    let conductor = Conductor::new(store.clone(), Arc::new(BmcProvisioner { registry: Arc::clone(&bmcs) }));
+    let conductor = Conductor::new(
+        store.clone(),
+        Arc::new(BmcProvisioner {
+            registry: Arc::clone(&bmcs),
+        }),
+    );
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(conductor.clone().run(shutdown.clone()));
     if power_sync.interval_secs > 0 {
         let every = std::time::Duration::from_secs(power_sync.interval_secs);
-        tasks.spawn(run_power_sync(store.clone(), Arc::clone(&bmcs), every, power_sync.concurrency, shutdown.clone()));
+        tasks.spawn(run_power_sync(
+            store.clone(),
+            Arc::clone(&bmcs),
+            every,
+            power_sync.concurrency,
+            shutdown.clone(),
+        ));
     }
 
     let listen = listen
@@ -86,7 +105,11 @@ pub async fn run(
     tracing::info!(address = %bound, "kiln API listening");
     super::boot::start(boot, data_dir, bound.port(), &store, &mut tasks, &shutdown).await?;
 
-    let app = api::router(ApiState { conductor, token: token.into(), bmcs });
+    let app = api::router(ApiState {
+        conductor,
+        token: token.into(),
+        bmcs,
+    });
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

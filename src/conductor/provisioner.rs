@@ -74,16 +74,28 @@ impl Provisioner for BmcProvisioner {
         use crate::bmc::{Bmc, PowerAction};
         let bmc = match self.registry.for_node(node).await {
             Ok(bmc) => bmc,
-            Err(err) => return Outcome::Failed { reason: err.to_string() },
+            Err(err) => {
+                return Outcome::Failed {
+                    reason: err.to_string(),
+                };
+            }
         };
         match node.provision_state {
             ProvisionState::Verifying => match bmc.power_state().await {
-                Ok(state) => Outcome::Done { reason: format!("BMC answered: power {state}") },
-                Err(err) => Outcome::Failed { reason: err.to_string() },
+                Ok(state) => Outcome::Done {
+                    reason: format!("BMC answered: power {state}"),
+                },
+                Err(err) => Outcome::Failed {
+                    reason: err.to_string(),
+                },
             },
             ProvisionState::Deleting => match bmc.power(PowerAction::Off).await {
-                Ok(()) => Outcome::Done { reason: "powered off".into() },
-                Err(err) => Outcome::Failed { reason: format!("cannot power off: {err}") },
+                Ok(()) => Outcome::Done {
+                    reason: "powered off".into(),
+                },
+                Err(err) => Outcome::Failed {
+                    reason: format!("cannot power off: {err}"),
+                },
             },
             _ => BasicProvisioner.advance(node).await,
         }

@@ -157,7 +157,11 @@ impl Store {
     /// Applies a batch of lease changes and node events in one transaction (the DHCP server
     /// writes behind its replies; batching keeps a boot storm from queueing on the disk). A lease
     /// whose address another MAC holds is skipped with a warning: one address, one MAC.
-    pub async fn apply_dhcp(&self, changes: &[LeaseChange], events: &[(Uuid, &str, String)]) -> Result<(), StoreError> {
+    pub async fn apply_dhcp(
+        &self,
+        changes: &[LeaseChange],
+        events: &[(Uuid, &str, String)],
+    ) -> Result<(), StoreError> {
         if changes.is_empty() && events.is_empty() {
             return Ok(());
         }
@@ -166,11 +170,12 @@ impl Store {
         for change in changes {
             match change {
                 LeaseChange::Hold(lease) => {
-                    let holder: Option<String> = sqlx::query_scalar("SELECT mac FROM dhcp_leases WHERE ip = $1")
-                        .bind(lease.ip.to_string())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .context("checking a lease")?;
+                    let holder: Option<String> =
+                        sqlx::query_scalar("SELECT mac FROM dhcp_leases WHERE ip = $1")
+                            .bind(lease.ip.to_string())
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .context("checking a lease")?;
                     if let Some(holder) = holder.filter(|h| *h != lease.mac.to_string()) {
                         tracing::warn!(ip = %lease.ip, %holder, mac = %lease.mac, "lease not stored: address held by another MAC");
                         continue;
@@ -200,14 +205,16 @@ impl Store {
             }
         }
         for (uuid, kind, detail) in events {
-            sqlx::query("INSERT INTO node_events (node_uuid, at, kind, detail) VALUES ($1, $2, $3, $4)")
-                .bind(uuid.to_string())
-                .bind(now)
-                .bind((*kind).to_string())
-                .bind(detail.clone())
-                .execute(&mut *tx)
-                .await
-                .context("recording a node event")?;
+            sqlx::query(
+                "INSERT INTO node_events (node_uuid, at, kind, detail) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(uuid.to_string())
+            .bind(now)
+            .bind((*kind).to_string())
+            .bind(detail.clone())
+            .execute(&mut *tx)
+            .await
+            .context("recording a node event")?;
         }
         tx.commit().await.context("committing a DHCP batch")
     }

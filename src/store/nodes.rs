@@ -276,12 +276,17 @@ impl Store {
 
     /// Records what the BMC said about power (`Ok(state)`) or why it could not say (`Err(reason)`).
     /// Returns the previously recorded power state, so callers can report drift.
-    pub async fn record_power(&self, uuid: Uuid, observed: Result<&str, &str>) -> Result<Option<String>, StoreError> {
-        let previous: Option<Option<String>> = sqlx::query_scalar("SELECT power_state FROM nodes WHERE uuid = $1")
-            .bind(uuid.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading the power state")?;
+    pub async fn record_power(
+        &self,
+        uuid: Uuid,
+        observed: Result<&str, &str>,
+    ) -> Result<Option<String>, StoreError> {
+        let previous: Option<Option<String>> =
+            sqlx::query_scalar("SELECT power_state FROM nodes WHERE uuid = $1")
+                .bind(uuid.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .context("reading the power state")?;
         let (state, error) = match observed {
             Ok(state) => (Some(state.to_string()), None),
             Err(reason) => (None, Some(reason.to_string())),

@@ -17,15 +17,27 @@ pub fn router(vbmc: Arc<Vbmc>) -> Router {
         .route("/redfish/v1/", get(root))
         .route("/redfish/v1/Systems", get(systems))
         .route("/redfish/v1/Systems/{id}", get(system).patch(patch_system))
-        .route("/redfish/v1/Systems/{id}/Actions/ComputerSystem.Reset", post(reset))
+        .route(
+            "/redfish/v1/Systems/{id}/Actions/ComputerSystem.Reset",
+            post(reset),
+        )
         .with_state(vbmc)
 }
 
 fn authorised(vbmc: &Vbmc, headers: &HeaderMap) -> bool {
     use base64_light::decode;
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some(encoded) = value.strip_prefix("Basic ") else { return false };
-    let Some(decoded) = decode(encoded.trim()) else { return false };
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some(encoded) = value.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Some(decoded) = decode(encoded.trim()) else {
+        return false;
+    };
     decoded == format!("{}:{}", vbmc.username, vbmc.password.expose())
 }
 
@@ -57,11 +69,20 @@ mod base64_light {
 }
 
 fn unauthorised() -> Response {
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"kiln-vbmc\"")], "").into_response()
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"kiln-vbmc\"")],
+        "",
+    )
+        .into_response()
 }
 
 fn not_found(id: &str) -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": {"message": format!("no system {id}")}}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {"message": format!("no system {id}")}})),
+    )
+        .into_response()
 }
 
 async fn root(State(vbmc): State<Arc<Vbmc>>, headers: HeaderMap) -> Response {
@@ -83,7 +104,11 @@ async fn systems(State(vbmc): State<Arc<Vbmc>>, headers: HeaderMap) -> Response 
     if !authorised(&vbmc, &headers) {
         return unauthorised();
     }
-    let members: Vec<Value> = vbmc.names().iter().map(|name| json!({"@odata.id": format!("/redfish/v1/Systems/{name}")})).collect();
+    let members: Vec<Value> = vbmc
+        .names()
+        .iter()
+        .map(|name| json!({"@odata.id": format!("/redfish/v1/Systems/{name}")}))
+        .collect();
     Json(json!({
         "@odata.id": "/redfish/v1/Systems",
         "Name": "Computer System Collection",
@@ -93,11 +118,17 @@ async fn systems(State(vbmc): State<Arc<Vbmc>>, headers: HeaderMap) -> Response 
     .into_response()
 }
 
-async fn system(State(vbmc): State<Arc<Vbmc>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn system(
+    State(vbmc): State<Arc<Vbmc>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if !authorised(&vbmc, &headers) {
         return unauthorised();
     }
-    let Some(vm) = vbmc.vm(&id) else { return not_found(&id) };
+    let Some(vm) = vbmc.vm(&id) else {
+        return not_found(&id);
+    };
     let power = match vm.power_state().await {
         PowerState::On => "On",
         PowerState::Off => "Off",
@@ -127,29 +158,53 @@ async fn system(State(vbmc): State<Arc<Vbmc>>, Path(id): Path<String>, headers: 
     .into_response()
 }
 
-async fn reset(State(vbmc): State<Arc<Vbmc>>, Path(id): Path<String>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn reset(
+    State(vbmc): State<Arc<Vbmc>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     if !authorised(&vbmc, &headers) {
         return unauthorised();
     }
-    let Some(vm) = vbmc.vm(&id) else { return not_found(&id) };
+    let Some(vm) = vbmc.vm(&id) else {
+        return not_found(&id);
+    };
     let result = match body["ResetType"].as_str() {
         Some("On") => vm.power_on().await,
         Some("ForceOff") => vm.power_off().await,
         Some("GracefulShutdown") => vm.soft_off().await,
         Some("ForceRestart" | "PowerCycle") => vm.reset().await,
-        other => return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": format!("unsupported ResetType {other:?}")}}))).into_response(),
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": format!("unsupported ResetType {other:?}")}})),
+            )
+                .into_response();
+        }
     };
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": {"message": err.to_string()}}))).into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": err.to_string()}})),
+        )
+            .into_response(),
     }
 }
 
-async fn patch_system(State(vbmc): State<Arc<Vbmc>>, Path(id): Path<String>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+async fn patch_system(
+    State(vbmc): State<Arc<Vbmc>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     if !authorised(&vbmc, &headers) {
         return unauthorised();
     }
-    let Some(vm) = vbmc.vm(&id) else { return not_found(&id) };
+    let Some(vm) = vbmc.vm(&id) else {
+        return not_found(&id);
+    };
     let boot = &body["Boot"];
     let device = match boot["BootSourceOverrideTarget"].as_str() {
         Some("Pxe") => BootDevice::Pxe,
@@ -165,7 +220,10 @@ async fn patch_system(State(vbmc): State<Arc<Vbmc>>, Path(id): Path<String>, hea
 mod tests {
     #[test]
     fn decodes_basic_auth() {
-        assert_eq!(super::base64_light::decode("YWRtaW46cGFzc3dvcmQ=").as_deref(), Some("admin:password"));
+        assert_eq!(
+            super::base64_light::decode("YWRtaW46cGFzc3dvcmQ=").as_deref(),
+            Some("admin:password")
+        );
         assert_eq!(super::base64_light::decode("!!"), None);
     }
 }

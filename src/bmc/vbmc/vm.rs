@@ -50,7 +50,14 @@ pub fn boot_order(device: BootDevice, persistent: bool) -> &'static str {
 
 impl VirtualMachine {
     pub fn new(spec: VmSpec) -> Self {
-        Self { spec, state: Mutex::new(VmState { child: None, boot: BootDevice::Disk, persistent: true }) }
+        Self {
+            spec,
+            state: Mutex::new(VmState {
+                child: None,
+                boot: BootDevice::Disk,
+                persistent: true,
+            }),
+        }
     }
 
     pub fn qmp_path(&self) -> PathBuf {
@@ -58,7 +65,9 @@ impl VirtualMachine {
     }
 
     pub fn serial_path(&self) -> PathBuf {
-        self.spec.state_dir.join(format!("{}.serial.log", self.spec.name))
+        self.spec
+            .state_dir
+            .join(format!("{}.serial.log", self.spec.name))
     }
 
     /// The full command line that starts this VM with the given boot device.
@@ -79,26 +88,52 @@ impl VirtualMachine {
             BootDevice::Disk => (2, 1),
         };
         if spec.uefi {
-            args.extend(["-machine", "q35", "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd", "-drive"].map(String::from));
-            args.push(format!("if=pflash,format=raw,file={}", spec.state_dir.join(format!("{}.vars.fd", spec.name)).display()));
+            args.extend(
+                [
+                    "-machine",
+                    "q35",
+                    "-drive",
+                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                    "-drive",
+                ]
+                .map(String::from),
+            );
+            args.push(format!(
+                "if=pflash,format=raw,file={}",
+                spec.state_dir
+                    .join(format!("{}.vars.fd", spec.name))
+                    .display()
+            ));
         } else {
             args.extend(["-machine", "pc,graphics=off", "-boot"].map(String::from));
             args.push(boot_order(device, persistent).into());
         }
         args.push("-netdev".into());
-        args.push(format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap));
+        args.push(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            spec.tap
+        ));
         args.push("-device".into());
-        args.push(format!("virtio-net-pci,netdev=n0,mac={},bootindex={nic_index}", spec.mac));
+        args.push(format!(
+            "virtio-net-pci,netdev=n0,mac={},bootindex={nic_index}",
+            spec.mac
+        ));
         if let Some(disk) = &spec.disk {
             args.push("-drive".into());
-            args.push(format!("if=none,id=d0,file={},format=raw,cache=unsafe", disk.display()));
+            args.push(format!(
+                "if=none,id=d0,file={},format=raw,cache=unsafe",
+                disk.display()
+            ));
             args.push("-device".into());
             args.push(format!("virtio-blk-pci,drive=d0,bootindex={disk_index}"));
         }
         args.push("-serial".into());
         args.push(format!("file:{}", self.serial_path().display()));
         args.push("-qmp".into());
-        args.push(format!("unix:{},server=on,wait=off", self.qmp_path().display()));
+        args.push(format!(
+            "unix:{},server=on,wait=off",
+            self.qmp_path().display()
+        ));
         args
     }
 
@@ -115,7 +150,11 @@ impl VirtualMachine {
 
     pub async fn boot_setting(&self) -> BootSetting {
         let state = self.state.lock().await;
-        BootSetting { device: Some(state.boot), persistent: state.persistent, uefi: Some(self.spec.uefi) }
+        BootSetting {
+            device: Some(state.boot),
+            persistent: state.persistent,
+            uefi: Some(self.spec.uefi),
+        }
     }
 
     pub async fn set_boot(&self, device: BootDevice, persistent: bool) {
@@ -130,9 +169,14 @@ impl VirtualMachine {
         }
         let mut state = self.state.lock().await;
         if self.spec.uefi {
-            let vars = self.spec.state_dir.join(format!("{}.vars.fd", self.spec.name));
+            let vars = self
+                .spec
+                .state_dir
+                .join(format!("{}.vars.fd", self.spec.name));
             if !vars.exists() {
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).map_err(|e| BmcError::Protocol(format!("cannot create UEFI variables: {e}")))?;
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).map_err(|e| {
+                    BmcError::Protocol(format!("cannot create UEFI variables: {e}"))
+                })?;
             }
         }
         let _ = std::fs::remove_file(self.qmp_path());
@@ -160,7 +204,9 @@ impl VirtualMachine {
         let _ = self.qmp("quit").await;
         let mut state = self.state.lock().await;
         if let Some(mut child) = state.child.take()
-            && tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err()
+            && tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
         {
             let _ = child.kill().await;
         }
@@ -181,14 +227,27 @@ impl VirtualMachine {
 
     /// Sends one QMP command (after the capabilities handshake).
     async fn qmp(&self, command: &str) -> Result<(), BmcError> {
-        let stream = UnixStream::connect(self.qmp_path()).await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
+        let stream = UnixStream::connect(self.qmp_path())
+            .await
+            .map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
-        let mut next = async || lines.next_line().await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")));
+        let mut next = async || {
+            lines
+                .next_line()
+                .await
+                .map_err(|e| BmcError::Protocol(format!("QMP: {e}")))
+        };
         next().await?; // greeting
-        write.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
+        write
+            .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+            .await
+            .map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
         next().await?;
-        write.write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes()).await.map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
+        write
+            .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
+            .await
+            .map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
         let _ = tokio::time::timeout(Duration::from_secs(2), next()).await;
         Ok(())
     }
@@ -219,7 +278,10 @@ mod tests {
             ipmi_listen: None,
         });
         let line = vm.command_line(BootDevice::Pxe, false).join(" ");
-        assert!(line.starts_with("ip netns exec lab qemu-system-x86_64 -accel tcg"), "{line}");
+        assert!(
+            line.starts_with("ip netns exec lab qemu-system-x86_64 -accel tcg"),
+            "{line}"
+        );
         assert!(line.contains("-boot order=c,once=n"));
         assert!(line.contains("mac=52:54:00:00:00:01,bootindex=1"));
         assert!(line.contains("virtio-blk-pci,drive=d0,bootindex=2"));

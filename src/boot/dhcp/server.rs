@@ -33,7 +33,9 @@ pub fn bind_socket(interface: &str, addr: SocketAddr) -> std::io::Result<std::ne
     // A rack powering on at once sends hundreds of DISCOVERs in one burst; the default receive
     // buffer (~200 KiB, ~100 datagrams) would drop part of it. Root may exceed rmem_max.
     let buffer = 4 << 20;
-    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &buffer).is_err() {
+    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &buffer)
+        .is_err()
+    {
         socket.set_recv_buffer_size(buffer)?;
     }
     socket.bind(&addr.into())?;
@@ -104,7 +106,8 @@ impl DhcpServer {
             let mut batch = Vec::new();
             while queue.recv_many(&mut batch, 512).await > 0 {
                 let Some(server) = weak.upgrade() else { return };
-                let (changes, events): (Vec<_>, Vec<_>) = batch.drain(..).map(|work| server.followup(&work)).unzip();
+                let (changes, events): (Vec<_>, Vec<_>) =
+                    batch.drain(..).map(|work| server.followup(&work)).unzip();
                 let changes: Vec<LeaseChange> = changes.into_iter().flatten().collect();
                 let events: Vec<_> = events.into_iter().flatten().collect();
                 if let Err(err) = server.store.apply_dhcp(&changes, &events).await {
@@ -139,12 +142,17 @@ impl DhcpServer {
                     }
                 },
             };
-            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+            let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                return;
+            };
             let datagram = buf[..len].to_vec();
             let (server, socket) = (Arc::clone(&self), Arc::clone(&socket));
             tokio::spawn(async move {
                 let _permit = permit;
-                let Some((bytes, destination)) = server.handle(&datagram, source, proxy_port).await else { return };
+                let Some((bytes, destination)) = server.handle(&datagram, source, proxy_port).await
+                else {
+                    return;
+                };
                 if let Err(err) = socket.send_to(&bytes, destination).await {
                     tracing::warn!(error = %err, %destination, "DHCP send failed");
                 }
@@ -174,7 +182,9 @@ impl DhcpServer {
             }
         };
         let kind = classify(&request);
-        let lease_secs = if self.config.mode == DhcpMode::Reservation && self.known_node(request.mac).await.flatten().is_none() {
+        let lease_secs = if self.config.mode == DhcpMode::Reservation
+            && self.known_node(request.mac).await.flatten().is_none()
+        {
             self.config.discovery_lease_secs
         } else {
             self.config.lease_secs
@@ -198,7 +208,13 @@ impl DhcpServer {
         {
             table.release(request.mac);
         }
-        let _ = self.followups.send(Followup { request, kind, answer, node: node_uuid, lease_secs });
+        let _ = self.followups.send(Followup {
+            request,
+            kind,
+            answer,
+            node: node_uuid,
+            lease_secs,
+        });
         let reply = reply?;
         let bytes = match reply::encode(&reply) {
             Ok(bytes) => bytes,
@@ -214,11 +230,18 @@ impl DhcpServer {
     /// with discovery on, `None` to stay silent.
     async fn known_node(&self, mac: MacAddress) -> Option<KnownNode> {
         let now = now_ms();
-        let cached = self.lookups.lock().ok().and_then(|cache| cache.get(&mac).filter(|(at, _)| now - at < LOOKUP_TTL_MS).map(|(_, found)| *found));
+        let cached = self.lookups.lock().ok().and_then(|cache| {
+            cache
+                .get(&mac)
+                .filter(|(at, _)| now - at < LOOKUP_TTL_MS)
+                .map(|(_, found)| *found)
+        });
         let found = match cached {
             Some(found) => Ok(found),
             None => {
-                let found = self.store.node_by_mac(mac).await.map(|node| node.map(|n| (n.uuid, n.spec.network.as_ref().map(|net| net.address))));
+                let found = self.store.node_by_mac(mac).await.map(|node| {
+                    node.map(|n| (n.uuid, n.spec.network.as_ref().map(|net| net.address)))
+                });
                 if let (Ok(found), Ok(mut cache)) = (&found, self.lookups.lock()) {
                     cache.insert(mac, (now, *found));
                 }
@@ -338,13 +361,25 @@ impl DhcpServer {
         };
         let kind = work.kind;
         let event = match &work.answer {
-            Answer::Offer { ip, boot } => Some(("dhcp-offer", format!("{ip} to {kind:?}, boot {boot:?}"))),
-            Answer::Ack { ip, boot } => Some(("dhcp-ack", format!("{ip} to {kind:?}, boot {boot:?}"))),
-            Answer::BootOnly { msg_type, boot } => Some(("dhcp-boot-info", format!("{msg_type:?} to {kind:?}, boot {boot:?}"))),
+            Answer::Offer { ip, boot } => {
+                Some(("dhcp-offer", format!("{ip} to {kind:?}, boot {boot:?}")))
+            }
+            Answer::Ack { ip, boot } => {
+                Some(("dhcp-ack", format!("{ip} to {kind:?}, boot {boot:?}")))
+            }
+            Answer::BootOnly { msg_type, boot } => Some((
+                "dhcp-boot-info",
+                format!("{msg_type:?} to {kind:?}, boot {boot:?}"),
+            )),
             Answer::Nak(reason) => Some(("dhcp-nak", (*reason).to_string())),
             _ => None,
         };
-        (change, work.node.zip(event).map(|(uuid, (kind, detail))| (uuid, kind, detail)))
+        (
+            change,
+            work.node
+                .zip(event)
+                .map(|(uuid, (kind, detail))| (uuid, kind, detail)),
+        )
     }
 }
 
