@@ -4,7 +4,12 @@
 //! datagram, a snapshot of the VM and the time; VM changes come back as actions for [`run`].
 
 mod commands;
+#[cfg(test)]
+mod console;
 mod handshake;
+mod login;
+#[cfg(test)]
+mod login_tests;
 mod messages;
 mod session;
 #[cfg(test)]
@@ -17,7 +22,7 @@ use crate::bmc::BmcError;
 use crate::bmc::ipmi::rmcp::{self, AUTH_RMCP_PLUS, payload};
 use crate::model::Secret;
 use commands::{BootParams, Decision, Privilege};
-use handshake::{Credentials, Login, status};
+use handshake::{Credentials, Login};
 use messages::{Request, cc};
 use session::Active;
 use std::collections::HashMap;
@@ -180,118 +185,6 @@ impl Endpoint {
                 None => Outcome::Ignore,
             },
             _ => Outcome::Ignore,
-        }
-    }
-
-    fn open_session(&mut self, p: &[u8], peer: SocketAddr, now: Instant) -> Option<Vec<u8>> {
-        let req = match handshake::parse_open(p)? {
-            Ok(req) => req,
-            Err((tag, refused, console_id)) => {
-                tracing::info!(%peer, status = refused, "IPMI open session refused");
-                return Some(handshake::open_response(tag, refused, 0, console_id, 0));
-            }
-        };
-        // A console restarting its login (ipmitool does on a timeout) gets the same session.
-        let same = self.sessions.iter().find_map(|(id, slot)| match slot {
-            Slot::Login(l) if l.peer == peer && l.console_id == req.console_id => Some(*id),
-            _ => None,
-        });
-        let id = match same {
-            Some(id) => id,
-            None if self.sessions.len() >= MAX_SESSIONS => {
-                tracing::warn!(%peer, "IPMI open session refused: no free sessions");
-                return Some(handshake::open_response(
-                    req.tag,
-                    status::NO_RESOURCES,
-                    0,
-                    req.console_id,
-                    0,
-                ));
-            }
-            None => loop {
-                let id = rand::random::<u32>();
-                if id != 0 && !self.sessions.contains_key(&id) {
-                    break id;
-                }
-            },
-        };
-        self.sessions
-            .insert(id, Slot::Login(Login::new(peer, req.console_id, now)));
-        Some(handshake::open_response(
-            req.tag,
-            status::OK,
-            req.privilege,
-            req.console_id,
-            id,
-        ))
-    }
-
-    fn rakp1(&mut self, p: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
-        let msg = handshake::parse_rakp1(p)?;
-        let login = match self.sessions.get_mut(&msg.bmc_id) {
-            Some(Slot::Login(login)) if login.peer == peer => login,
-            _ => {
-                return Some(handshake::rakp_error(
-                    msg.tag,
-                    status::INVALID_SESSION_ID,
-                    0,
-                ));
-            }
-        };
-        match login.rakp1(&msg, &self.user, self.guid, rand::random()) {
-            Ok(reply) => Some(reply),
-            Err(refused) => {
-                let console_id = login.console_id;
-                self.sessions.remove(&msg.bmc_id);
-                tracing::info!(%peer, status = refused, "IPMI login refused in RAKP 1");
-                Some(handshake::rakp_error(msg.tag, refused, console_id))
-            }
-        }
-    }
-
-    fn rakp3(&mut self, p: &[u8], peer: SocketAddr, now: Instant) -> Option<Vec<u8>> {
-        let msg = handshake::parse_rakp3(p)?;
-        let (login, half_open) = match self.sessions.get(&msg.bmc_id) {
-            Some(Slot::Login(l)) if l.peer == peer => (l, true),
-            // A RAKP 3 resent after a lost RAKP 4 gets its RAKP 4 again; nothing changes.
-            Some(Slot::Active(s)) if s.peer == peer => (s.login.as_ref()?, false),
-            _ if msg.status != status::OK => return None,
-            _ => {
-                return Some(handshake::rakp_error(
-                    msg.tag,
-                    status::INVALID_SESSION_ID,
-                    0,
-                ));
-            }
-        };
-        if msg.status != status::OK {
-            // The console gave up (it saw a wrong password in RAKP 2) and waits for nothing.
-            if half_open {
-                tracing::info!(%peer, status = msg.status, "IPMI console aborted its login");
-                self.sessions.remove(&msg.bmc_id);
-            }
-            return None;
-        }
-        let result = login.rakp3(&msg, &self.user, self.guid);
-        let console_id = login.console_id;
-        if !half_open {
-            return result.ok().map(|accepted| accepted.reply);
-        }
-        let Some(Slot::Login(login)) = self.sessions.remove(&msg.bmc_id) else {
-            return None;
-        };
-        match result {
-            Ok(accepted) => {
-                tracing::info!(%peer, session = format_args!("{:#010x}", msg.bmc_id), "IPMI session opened");
-                let active = Active::new(login, accepted.keys, accepted.max_privilege, now);
-                let slot = Slot::Active(Box::new(active));
-                self.sessions.insert(msg.bmc_id, slot);
-                Some(accepted.reply)
-            }
-            Err(refused) => {
-                tracing::info!(%peer, status = refused, "IPMI login refused in RAKP 3 (wrong password?)");
-                Some(handshake::rakp_error(msg.tag, refused, console_id))
-            }
         }
     }
 

@@ -24,8 +24,15 @@ pub struct Vbmc {
 
 impl Vbmc {
     pub fn new(username: String, password: Secret, vms: Vec<VmSpec>) -> Self {
-        let vms = vms.into_iter().map(|spec| (spec.name.clone(), Arc::new(VirtualMachine::new(spec)))).collect();
-        Self { username, password, vms }
+        let vms = vms
+            .into_iter()
+            .map(|spec| (spec.name.clone(), Arc::new(VirtualMachine::new(spec))))
+            .collect();
+        Self {
+            username,
+            password,
+            vms,
+        }
     }
 
     pub fn vm(&self, name: &str) -> Option<&Arc<VirtualMachine>> {
@@ -53,13 +60,34 @@ pub struct VbmcConfig {
     pub vms: Vec<VmSpec>,
 }
 
-const TOP: &[&str] = &["redfish_listen", "username", "password", "netns", "state_dir", "vms"];
-const VM: &[&str] = &["name", "mac", "tap", "disk", "memory_mb", "uefi", "ipmi_listen"];
+const TOP: &[&str] = &[
+    "redfish_listen",
+    "username",
+    "password",
+    "netns",
+    "state_dir",
+    "vms",
+];
+const VM: &[&str] = &[
+    "name",
+    "mac",
+    "tap",
+    "disk",
+    "memory_mb",
+    "uefi",
+    "ipmi_listen",
+];
 
 pub fn load_config(path: &Path) -> Result<VbmcConfig, Vec<InventoryError>> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![InventoryError::new(&name, Default::default(), "", format!("cannot read file: {e}"))])?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![InventoryError::new(
+            &name,
+            Default::default(),
+            "",
+            format!("cannot read file: {e}"),
+        )]
+    })?;
     parse_config(&name, &text)
 }
 
@@ -77,44 +105,107 @@ fn read(reader: &mut Reader, root: &tree::Node) -> Option<VbmcConfig> {
     let top = reader.map(root, "", TOP)?;
     let listen = reader.required(&top, "redfish_listen").and_then(|n| {
         let text = reader.text(n, "redfish_listen")?;
-        text.parse().map_err(|_| reader.error(n.pos, "redfish_listen", format!("'{text}' is not address:port"))).ok()
+        text.parse()
+            .map_err(|_| {
+                reader.error(
+                    n.pos,
+                    "redfish_listen",
+                    format!("'{text}' is not address:port"),
+                )
+            })
+            .ok()
     });
-    let username = reader.required(&top, "username").and_then(|n| reader.text(n, "username"));
-    let password = reader.required(&top, "password").and_then(|n| reader.text(n, "password"));
+    let username = reader
+        .required(&top, "username")
+        .and_then(|n| reader.text(n, "username"));
+    let password = reader
+        .required(&top, "password")
+        .and_then(|n| reader.text(n, "password"));
     let netns = top.get("netns").and_then(|n| reader.text(n, "netns"));
-    let state_dir = top.get("state_dir").and_then(|n| reader.text(n, "state_dir")).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/kiln-vbmc"));
-    let items = reader.required(&top, "vms").and_then(|n| reader.list(n, "vms"))?;
+    let state_dir = top
+        .get("state_dir")
+        .and_then(|n| reader.text(n, "state_dir"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/kiln-vbmc"));
+    let items = reader
+        .required(&top, "vms")
+        .and_then(|n| reader.list(n, "vms"))?;
     let mut vms = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let path = format!("vms[{index}]");
-        let Some(map) = reader.map(item, &path, VM) else { continue };
-        let name = reader.required(&map, "name").and_then(|n| reader.text(n, &map.child("name")));
-        let mac = reader.required(&map, "mac").and_then(|n| reader.mac(n, &map.child("mac")));
-        let tap = reader.required(&map, "tap").and_then(|n| reader.text(n, &map.child("tap")));
-        let disk = map.get("disk").and_then(|n| reader.text(n, &map.child("disk"))).map(PathBuf::from);
-        let memory_mb = map.get("memory_mb").map_or(Some(1024), |n| reader.int(n, &map.child("memory_mb"), 64, 1 << 20).map(|m| m as u32));
-        let uefi = map.get("uefi").map_or(Some(false), |n| reader.bool(n, &map.child("uefi")));
+        let Some(map) = reader.map(item, &path, VM) else {
+            continue;
+        };
+        let name = reader
+            .required(&map, "name")
+            .and_then(|n| reader.text(n, &map.child("name")));
+        let mac = reader
+            .required(&map, "mac")
+            .and_then(|n| reader.mac(n, &map.child("mac")));
+        let tap = reader
+            .required(&map, "tap")
+            .and_then(|n| reader.text(n, &map.child("tap")));
+        let disk = map
+            .get("disk")
+            .and_then(|n| reader.text(n, &map.child("disk")))
+            .map(PathBuf::from);
+        let memory_mb = map.get("memory_mb").map_or(Some(1024), |n| {
+            reader
+                .int(n, &map.child("memory_mb"), 64, 1 << 20)
+                .map(|m| m as u32)
+        });
+        let uefi = map
+            .get("uefi")
+            .map_or(Some(false), |n| reader.bool(n, &map.child("uefi")));
         let ipmi_listen = match map.get("ipmi_listen") {
             None => Some(None),
-            Some(n) => reader.text(n, &map.child("ipmi_listen")).and_then(|text| match text.parse() {
-                Ok(addr) => Some(Some(addr)),
-                Err(_) => {
-                    reader.error(n.pos, &map.child("ipmi_listen"), format!("'{text}' is not address:port"));
-                    None
-                }
-            }),
+            Some(n) => {
+                reader
+                    .text(n, &map.child("ipmi_listen"))
+                    .and_then(|text| match text.parse() {
+                        Ok(addr) => Some(Some(addr)),
+                        Err(_) => {
+                            reader.error(
+                                n.pos,
+                                &map.child("ipmi_listen"),
+                                format!("'{text}' is not address:port"),
+                            );
+                            None
+                        }
+                    })
+            }
         };
-        if let (Some(name), Some(mac), Some(tap), Some(memory_mb), Some(uefi), Some(ipmi_listen)) = (name, mac, tap, memory_mb, uefi, ipmi_listen) {
-            vms.push(VmSpec { name, mac: mac.to_string(), tap, disk, memory_mb, uefi, netns: netns.clone(), state_dir: state_dir.clone(), ipmi_listen });
+        if let (Some(name), Some(mac), Some(tap), Some(memory_mb), Some(uefi), Some(ipmi_listen)) =
+            (name, mac, tap, memory_mb, uefi, ipmi_listen)
+        {
+            vms.push(VmSpec {
+                name,
+                mac: mac.to_string(),
+                tap,
+                disk,
+                memory_mb,
+                uefi,
+                netns: netns.clone(),
+                state_dir: state_dir.clone(),
+                ipmi_listen,
+            });
         }
     }
-    Some(VbmcConfig { redfish_listen: listen?, username: username?, password: Secret::new(password?), vms })
+    Some(VbmcConfig {
+        redfish_listen: listen?,
+        username: username?,
+        password: Secret::new(password?),
+        vms,
+    })
 }
 
 /// Serves until `shutdown`, then powers every VM off: Redfish for every VM, and an IPMI lanplus
 /// endpoint for each VM with `ipmi_listen`. Every socket is bound before anything is served, so a
 /// taken port fails the start instead of leaving a VM without its BMC.
-pub async fn run(config: VbmcConfig, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    config: VbmcConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
     if let Some(dir) = config.vms.first().map(|vm| vm.state_dir.clone()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -122,15 +213,27 @@ pub async fn run(config: VbmcConfig, shutdown: tokio_util::sync::CancellationTok
     let listener = tokio::net::TcpListener::bind(config.redfish_listen).await?;
     let mut sockets = Vec::new();
     for name in vbmc.names() {
-        let Some(vm) = vbmc.vm(&name).cloned() else { continue };
-        let Some(address) = vm.spec.ipmi_listen else { continue };
-        let socket = tokio::net::UdpSocket::bind(address).await.map_err(|e| std::io::Error::new(e.kind(), format!("IPMI {address} for {name}: {e}")))?;
+        let Some(vm) = vbmc.vm(&name).cloned() else {
+            continue;
+        };
+        let Some(address) = vm.spec.ipmi_listen else {
+            continue;
+        };
+        let socket = tokio::net::UdpSocket::bind(address).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("IPMI {address} for {name}: {e}"))
+        })?;
         tracing::info!(address = %socket.local_addr()?, vm = %name, "vbmc IPMI listening");
         sockets.push((socket, vm));
     }
     let mut ipmi = tokio::task::JoinSet::new();
     for (socket, vm) in sockets {
-        ipmi.spawn(ipmi_server::run(socket, vm, vbmc.username.clone(), vbmc.password.clone(), shutdown.clone()));
+        ipmi.spawn(ipmi_server::run(
+            socket,
+            vm,
+            vbmc.username.clone(),
+            vbmc.password.clone(),
+            shutdown.clone(),
+        ));
     }
     tracing::info!(address = %listener.local_addr()?, vms = vbmc.names().len(), "vbmc Redfish listening");
     let stop = shutdown.clone();
