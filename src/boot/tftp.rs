@@ -210,7 +210,11 @@ impl RootHandler {
     /// The file's bytes, from the cache when its size and mtime still match.
     async fn load(&self, requested: &Path) -> Result<Arc<[u8]>, TftpFailure> {
         let (real, file, size) = self.open(requested).await?;
-        let modified = file.metadata().await.and_then(|m| m.modified()).map_err(|e| failure_from_io(&e))?;
+        let modified = file
+            .metadata()
+            .await
+            .and_then(|m| m.modified())
+            .map_err(|e| failure_from_io(&e))?;
         if let Ok(cache) = self.cache.lock()
             && let Some((at, len, bytes)) = cache.get(&real)
             && *at == modified
@@ -223,7 +227,9 @@ impl RootHandler {
         }
         let mut bytes = Vec::with_capacity(size as usize);
         let mut file = file;
-        tokio::io::AsyncReadExt::read_to_end(&mut file, &mut bytes).await.map_err(|e| failure_from_io(&e))?;
+        tokio::io::AsyncReadExt::read_to_end(&mut file, &mut bytes)
+            .await
+            .map_err(|e| failure_from_io(&e))?;
         let bytes: Arc<[u8]> = bytes.into();
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(real, (modified, size, Arc::clone(&bytes)));
