@@ -87,6 +87,7 @@ for node in rack-01 rack-02; do
 done
 k node list
 k node events rack-01
+k dhcp leases
 k node history rack-01
 for node in rack-01 rack-02; do k node power "$node" off; done
 echo "demo finished: both VMs PXE-booted from Kiln through their (virtual) BMCs"

@@ -259,6 +259,34 @@ async fn bios_vm_boots_its_own_script() {
         events.iter().any(|e| e.starts_with("script-served")),
         "{events:#?}"
     );
+    // The operator's view of the same node, through the daemon's API and the CLI.
+    let kiln = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.lab.server_ns,
+                env!("CARGO_BIN_EXE_kiln"),
+                "--data-dir",
+            ])
+            .arg(lab.dir.path().join("data"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = kiln(&["node", "events", "pxe-bios"]);
+    assert!(
+        table.contains("dhcp-offer")
+            && table.contains("dhcp-ack")
+            && table.contains("script-served"),
+        "{table}"
+    );
+    let leases = kiln(&["dhcp", "leases"]);
+    assert!(
+        leases.contains(&lab.lab.addr(60)) && leases.contains("pxe-bios"),
+        "{leases}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

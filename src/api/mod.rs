@@ -43,6 +43,7 @@ pub fn router(state: ApiState) -> Router {
             get(power::boot_device).put(power::set_boot_device),
         )
         .route("/inventory", axum::routing::post(enroll))
+        .route("/dhcp/leases", get(dhcp_leases))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -86,6 +87,40 @@ async fn node_events(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<crate::store::NodeEvent>>, ApiError> {
     Ok(Json(state.conductor.store().events(&name).await?))
+}
+
+/// A DHCP lease as the operator sees it: which node (or an unknown, discovered machine) holds
+/// which address until when.
+#[derive(serde::Serialize)]
+struct LeaseView {
+    ip: String,
+    mac: String,
+    node: Option<String>,
+    discovered: bool,
+    expires_at: i64,
+}
+
+async fn dhcp_leases(State(state): State<ApiState>) -> Result<Json<Vec<LeaseView>>, ApiError> {
+    let store = state.conductor.store();
+    let names: std::collections::HashMap<uuid::Uuid, String> = store
+        .list_nodes()
+        .await?
+        .into_iter()
+        .map(|n| (n.uuid, n.spec.name))
+        .collect();
+    let leases = store.leases().await?;
+    Ok(Json(
+        leases
+            .into_iter()
+            .map(|lease| LeaseView {
+                ip: lease.ip.to_string(),
+                mac: lease.mac.to_string(),
+                node: lease.node_uuid.and_then(|uuid| names.get(&uuid).cloned()),
+                discovered: lease.discovered,
+                expires_at: lease.expires_at,
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]

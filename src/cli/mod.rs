@@ -81,11 +81,22 @@ enum Command {
     /// Virtual BMCs (Redfish, IPMI) for QEMU VMs, for labs and tests. `--config` names the vbmc
     /// configuration here (see examples/vbmc.yaml), not the daemon's.
     Vbmc,
+    /// DHCP state: `kiln dhcp leases` lists addresses handed out (discovered machines included).
+    Dhcp {
+        #[command(subcommand)]
+        command: DhcpCommand,
+    },
     /// Inspect and drive nodes.
     Node {
         #[command(subcommand)]
         command: NodeCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DhcpCommand {
+    /// Addresses Kiln's DHCP server handed out: node, or "discovered" for unknown machines.
+    Leases,
 }
 
 #[derive(Subcommand, Debug)]
@@ -230,6 +241,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Node { command } => node_command(&settings, command, cli.json).await,
         Command::Vbmc => vbmc(&cli).await,
+        Command::Dhcp {
+            command: DhcpCommand::Leases,
+        } => {
+            let leases: Vec<serde_json::Value> = client(&settings)?.get("/dhcp/leases").await?;
+            output::leases(&leases, cli.json);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -169,6 +169,33 @@ pub fn power(name: &str, reply: &Value, json: bool) {
     }
 }
 
+pub fn leases(leases: &[Value], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(leases).unwrap_or_default()
+        );
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["IP", "MAC", "Node", "Expires (UTC)"]);
+    for lease in leases {
+        let node = match lease["node"].as_str() {
+            Some(name) => name.to_string(),
+            None if lease["discovered"] == true => "(discovered)".to_string(),
+            None => "-".to_string(),
+        };
+        table.add_row([
+            text(&lease["ip"]),
+            text(&lease["mac"]),
+            node,
+            format_ms(lease["expires_at"].as_i64().unwrap_or_default()),
+        ]);
+    }
+    println!("{table}");
+}
+
 pub fn events(entries: &[Value], json: bool) {
     if json {
         println!(
