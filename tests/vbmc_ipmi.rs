@@ -288,7 +288,16 @@ fn ipmitool_and_kilns_driver_power_a_qemu_vm_through_the_vbmc() {
 
     // Stopping the vbmc powers its VMs off.
     ns.expect(&["chassis", "power", "on"], "Chassis Power Control: Up/On");
-    assert_eq!(vbmc.qemus().len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while vbmc.qemus().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        vbmc.qemus().len(),
+        1,
+        "QEMU log: {:?}",
+        std::fs::read_to_string(dir.path().join("state/vm-ipmi.qemu.log"))
+    );
     vbmc.wait_for_qmp();
     let t = Instant::now();
     vbmc.stop();

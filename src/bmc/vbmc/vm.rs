@@ -181,14 +181,32 @@ impl VirtualMachine {
         }
         let _ = std::fs::remove_file(self.qmp_path());
         let args = self.command_line(state.boot, state.persistent);
-        let child = Command::new(&args[0])
+        let log_path = self
+            .spec
+            .state_dir
+            .join(format!("{}.qemu.log", self.spec.name));
+        let log = std::fs::File::create(&log_path).map_err(|e| {
+            BmcError::Protocol(format!("cannot create {}: {e}", log_path.display()))
+        })?;
+        let mut child = Command::new(&args[0])
             .args(&args[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| BmcError::Protocol(format!("cannot start QEMU: {e}")))?;
+        // A QEMU that cannot start (tap busy, bad disk) exits at once: say so instead of "on".
+        for _ in 0..20 {
+            if let Ok(Some(status)) = child.try_wait() {
+                let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last = output.lines().last().unwrap_or("no output").to_string();
+                return Err(BmcError::Protocol(format!(
+                    "QEMU exited at start ({status}): {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tracing::info!(vm = %self.spec.name, boot = ?state.boot, persistent = state.persistent, "VM powered on");
         state.child = Some(child);
         // A one-time boot device is consumed by this start.
