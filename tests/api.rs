@@ -130,7 +130,7 @@ async fn invalid_inventory_leaves_the_database_untouched() {
 
 #[tokio::test]
 async fn enroll_drive_and_inspect_nodes_without_leaking_the_password() {
-    let daemon = Daemon::start();
+    let daemon = Daemon::start_with(&["--bmc-attempts", "1", "--bmc-breaker-threshold", "5"]);
     let file = rack(daemon.dir.path());
     let file = file.to_str().unwrap();
     let mut seen = String::new();

@@ -12,8 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// How often the daemon reads every node's real power state from its BMC (Ironic's
-/// `sync_power_state_interval`, 60 s by default there too).
+/// BMC settings: how often the daemon reads every node's real power state (Ironic's
+/// `sync_power_state_interval`, 60 s by default there too) and the guard every BMC call goes
+/// through (timeout, retries, spacing, circuit breaker).
 #[derive(clap::Args, Debug, Clone)]
 pub struct PowerSyncOptions {
     /// Seconds between power-state sync passes; 0 turns the sync off.
@@ -30,6 +31,33 @@ pub struct PowerSyncOptions {
         default_value_t = 16
     )]
     pub concurrency: usize,
+    /// Limit on one BMC call attempt, seconds (a power change's polling included).
+    #[arg(long = "bmc-timeout", env = "KILN_BMC_TIMEOUT", default_value_t = 90)]
+    pub bmc_timeout_secs: u64,
+    /// Attempts per BMC call for transient failures (exponential backoff from 500 ms).
+    #[arg(long = "bmc-attempts", env = "KILN_BMC_ATTEMPTS", default_value_t = 3)]
+    pub bmc_attempts: u32,
+    /// Minimum time between two calls to the same BMC, milliseconds.
+    #[arg(
+        long = "bmc-min-interval-ms",
+        env = "KILN_BMC_MIN_INTERVAL_MS",
+        default_value_t = 0
+    )]
+    pub bmc_min_interval_ms: u64,
+    /// Consecutive failed calls after which a BMC is marked unreachable (fails fast).
+    #[arg(
+        long = "bmc-breaker-threshold",
+        env = "KILN_BMC_BREAKER_THRESHOLD",
+        default_value_t = 3
+    )]
+    pub bmc_breaker_threshold: u32,
+    /// How long an unreachable BMC fails fast before it is tried again, seconds.
+    #[arg(
+        long = "bmc-breaker-cooldown",
+        env = "KILN_BMC_BREAKER_COOLDOWN",
+        default_value_t = 60
+    )]
+    pub bmc_breaker_cooldown_secs: u64,
 }
 
 /// File in the data directory holding the URL the daemon listens on (so the CLI finds it).
@@ -70,7 +98,15 @@ pub async fn run(
     .context("cannot open the database")?;
     tracing::info!(dialect = ?store.dialect(), "database ready");
 
-    let bmcs = Arc::new(Registry::new(Arc::new(Drivers), GuardPolicy::default()));
+    let policy = GuardPolicy {
+        timeout: std::time::Duration::from_secs(power_sync.bmc_timeout_secs),
+        attempts: power_sync.bmc_attempts.max(1),
+        min_interval: std::time::Duration::from_millis(power_sync.bmc_min_interval_ms),
+        breaker_threshold: power_sync.bmc_breaker_threshold.max(1),
+        breaker_cooldown: std::time::Duration::from_secs(power_sync.bmc_breaker_cooldown_secs),
+        ..GuardPolicy::default()
+    };
+    let bmcs = Arc::new(Registry::new(Arc::new(Drivers), policy));
     let conductor = Conductor::new(
         store.clone(),
         Arc::new(BmcProvisioner {
