@@ -4,29 +4,20 @@
 mod common;
 
 use common::netns::Lab;
+use common::{ChildGuard, wait_for_text};
 use kiln::conductor::{BasicProvisioner, Conductor};
 use kiln::model::Verb;
 use kiln::store::Store;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Kills a child process (QEMU, the daemon, dnsmasq) when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::time::Duration;
 
 struct BootLab {
     lab: Lab,
     dir: tempfile::TempDir,
-    _daemon: Guard,
-    _others: Vec<Guard>,
+    _daemon: ChildGuard,
+    _others: Vec<ChildGuard>,
 }
 
 /// Enrolls one node (made `manageable`, so Kiln answers with its "nothing to boot" script that
@@ -93,7 +84,7 @@ async fn boot_lab(
             .stderr(std::fs::File::create(dir.path().join("dnsmasq.log")).unwrap())
             .spawn()
             .expect("dnsmasq (package dnsmasq-base)");
-        others.push(Guard(child));
+        others.push(ChildGuard(child));
     }
     let daemon = Command::new("ip")
         .args([
@@ -120,8 +111,8 @@ async fn boot_lab(
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
         .unwrap();
-    let daemon = Guard(daemon);
-    wait_for(
+    let daemon = ChildGuard(daemon);
+    wait_for_text(
         &dir.path().join("daemon.log"),
         if dhcp_mode == "off" {
             "boot HTTP listening"
@@ -138,26 +129,7 @@ async fn boot_lab(
     }
 }
 
-/// Waits until `path` contains `needle`; panics with the file's content after `timeout`.
-fn wait_for(path: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(path)
-            .map(|b| b.replace('\r', ""))
-            .unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not in {} after {timeout:?}:\n{text}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn start_vm(lab: &mut Lab, dir: &Path, mac: &str, uefi: bool) -> (Guard, PathBuf) {
+fn start_vm(lab: &mut Lab, dir: &Path, mac: &str, uefi: bool) -> (ChildGuard, PathBuf) {
     let tap = lab.add_tap();
     let serial = dir.join("serial.log");
     let mut args: Vec<String> = vec![
@@ -218,7 +190,7 @@ fn start_vm(lab: &mut Lab, dir: &Path, mac: &str, uefi: bool) -> (Guard, PathBuf
         .stderr(Stdio::null())
         .spawn()
         .expect("qemu-system-x86_64");
-    (Guard(child), serial)
+    (ChildGuard(child), serial)
 }
 
 async fn events(dir: &Path, name: &str) -> Vec<String> {
@@ -239,7 +211,7 @@ async fn bios_vm_boots_its_own_script() {
     let mac = "52:54:00:77:10:01";
     let mut lab = boot_lab("pxe-bios", mac, "bios", "reservation", false).await;
     let (_vm, serial) = start_vm(&mut lab.lab, lab.dir.path(), mac, false);
-    let console = wait_for(
+    let console = wait_for_text(
         &serial,
         "Kiln: pxe-bios: node pxe-bios is manageable",
         Duration::from_secs(120),
@@ -294,7 +266,7 @@ async fn uefi_vm_fetches_snponly_over_tftp_then_its_script() {
     let mac = "52:54:00:77:10:02";
     let mut lab = boot_lab("pxe-uefi", mac, "uefi", "reservation", false).await;
     let (_vm, serial) = start_vm(&mut lab.lab, lab.dir.path(), mac, true);
-    wait_for(
+    wait_for_text(
         &serial,
         "Kiln: pxe-uefi: node pxe-uefi is manageable",
         Duration::from_secs(240),
@@ -323,7 +295,7 @@ async fn proxy_dhcp_beside_dnsmasq_boots_a_vm() {
     let mac = "52:54:00:77:10:03";
     let mut lab = boot_lab("pxe-proxy", mac, "bios", "proxy", true).await;
     let (_vm, serial) = start_vm(&mut lab.lab, lab.dir.path(), mac, false);
-    wait_for(
+    wait_for_text(
         &serial,
         "Kiln: pxe-proxy: node pxe-proxy is manageable",
         Duration::from_secs(120),

@@ -5,45 +5,10 @@
 mod common;
 
 use common::netns::Lab;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use common::{ChildGuard, wait_for_text};
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    /// SIGTERM first so `kiln vbmc` powers its VMs off; SIGKILL if it does not exit.
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..50 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(path: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(path)
-            .map(|b| b.replace('\r', ""))
-            .unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not in {} after {timeout:?}:\n{text}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn in_ns(lab: &Lab, program: &str, args: &[&str]) -> Output {
     Command::new("ip")
@@ -79,7 +44,7 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
     )
     .unwrap();
     let kiln = env!("CARGO_BIN_EXE_kiln");
-    let vbmc = Guard(
+    let vbmc = ChildGuard(
         Command::new("ip")
             .args([
                 "netns",
@@ -97,7 +62,7 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
             .spawn()
             .unwrap(),
     );
-    wait_for(
+    wait_for_text(
         &dir.path().join("vbmc.log"),
         "vbmc Redfish listening",
         Duration::from_secs(20),
@@ -151,7 +116,7 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
 
     // Kiln with boot services in the same namespace; the node's BMC is the vbmc.
     let data = dir.path().join("data");
-    let daemon = Guard(
+    let daemon = ChildGuard(
         Command::new("ip")
             .args(["netns", "exec", &lab.server_ns, kiln, "--data-dir"])
             .arg(&data)
@@ -172,7 +137,7 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
             .spawn()
             .unwrap(),
     );
-    wait_for(
+    wait_for_text(
         &dir.path().join("daemon.log"),
         "DHCP serving",
         Duration::from_secs(30),
@@ -213,7 +178,7 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
     let (code, out) = cli(&["node", "power", "vm-node", "on"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("power on"), "{out}");
-    wait_for(
+    wait_for_text(
         &state.join("vm-node.serial.log"),
         "Kiln: vm-node: node vm-node is manageable",
         Duration::from_secs(120),

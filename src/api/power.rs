@@ -72,24 +72,32 @@ async fn failed(state: &ApiState, node: &crate::model::Node, err: BmcError) -> A
     ApiError::Bmc(format!("node '{}': {err}", node.spec.name))
 }
 
+/// Reads the power state now, records it (or the failure) on the node, and replies with it.
+async fn read_and_record(
+    state: &ApiState,
+    node: &crate::model::Node,
+    bmc: &crate::bmc::guard::GuardedBmc,
+) -> Result<Json<PowerReply>, ApiError> {
+    match bmc.power_state().await {
+        Ok(power) => {
+            let power_state = power.to_string();
+            state
+                .conductor
+                .store()
+                .record_power(node.uuid, Ok(&power_state))
+                .await?;
+            Ok(Json(PowerReply { power_state }))
+        }
+        Err(err) => Err(failed(state, node, err).await),
+    }
+}
+
 pub async fn status(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<PowerReply>, ApiError> {
     let (node, bmc) = bmc_of(&state, &name).await?;
-    match bmc.power_state().await {
-        Ok(power) => {
-            state
-                .conductor
-                .store()
-                .record_power(node.uuid, Ok(&power.to_string()))
-                .await?;
-            Ok(Json(PowerReply {
-                power_state: power.to_string(),
-            }))
-        }
-        Err(err) => Err(failed(&state, &node, err).await),
-    }
+    read_and_record(&state, &node, &bmc).await
 }
 
 pub async fn set(
@@ -103,19 +111,7 @@ pub async fn set(
         return Err(failed(&state, &node, err).await);
     }
     tracing::info!(node = %name, ?action, "power changed");
-    match bmc.power_state().await {
-        Ok(power) => {
-            state
-                .conductor
-                .store()
-                .record_power(node.uuid, Ok(&power.to_string()))
-                .await?;
-            Ok(Json(PowerReply {
-                power_state: power.to_string(),
-            }))
-        }
-        Err(err) => Err(failed(&state, &node, err).await),
-    }
+    read_and_record(&state, &node, &bmc).await
 }
 
 pub async fn boot_device(

@@ -121,39 +121,6 @@ impl Store {
         rows.iter().map(decode_lease).collect()
     }
 
-    /// Records (or renews) the lease of `mac`, replacing any other lease it held. Fails with a
-    /// conflict if the address is leased to another MAC: one address never goes to two MACs.
-    pub async fn upsert_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.context("starting a lease update")?;
-        let holder: Option<String> =
-            sqlx::query_scalar("SELECT mac FROM dhcp_leases WHERE ip = $1")
-                .bind(lease.ip.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .context("checking a lease")?;
-        if let Some(holder) = holder.filter(|holder| *holder != lease.mac.to_string()) {
-            return Err(StoreError::Conflict(format!(
-                "{} is leased to {holder}",
-                lease.ip
-            )));
-        }
-        sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
-            .bind(lease.mac.to_string())
-            .execute(&mut *tx)
-            .await
-            .context("replacing a lease")?;
-        sqlx::query("INSERT INTO dhcp_leases (ip, mac, node_uuid, expires_at, discovered) VALUES ($1, $2, $3, $4, $5)")
-            .bind(lease.ip.to_string())
-            .bind(lease.mac.to_string())
-            .bind(lease.node_uuid.map(|u| u.to_string()))
-            .bind(lease.expires_at)
-            .bind(i64::from(lease.discovered))
-            .execute(&mut *tx)
-            .await
-            .context("writing a lease")?;
-        tx.commit().await.context("committing a lease")
-    }
-
     /// Applies a batch of lease changes and node events in one transaction (the DHCP server
     /// writes behind its replies; batching keeps a boot storm from queueing on the disk). A lease
     /// whose address another MAC holds is skipped with a warning: one address, one MAC.
@@ -217,15 +184,6 @@ impl Store {
             .context("recording a node event")?;
         }
         tx.commit().await.context("committing a DHCP batch")
-    }
-
-    pub async fn release_lease(&self, mac: MacAddress) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
-            .bind(mac.to_string())
-            .execute(&self.pool)
-            .await
-            .context("releasing a lease")?;
-        Ok(())
     }
 }
 

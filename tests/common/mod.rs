@@ -240,3 +240,42 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A child process (QEMU, a daemon, a peer) stopped on drop: SIGTERM first so it can clean up
+/// (`kiln vbmc` powers its VMs off), SIGKILL if it has not exited within 5 s.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the file at `path` contains `needle` (carriage returns dropped, as serial
+/// consoles add them); panics with the file's content after `timeout`.
+pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path)
+            .map(|b| b.replace('\r', ""))
+            .unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in {} after {timeout:?}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
