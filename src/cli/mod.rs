@@ -51,6 +51,8 @@ pub enum LogFormat {
     Json,
 }
 
+// Parsed once at start-up; boxing the serve options would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the Kiln daemon (API and conductor).
