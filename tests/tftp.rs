@@ -1,6 +1,7 @@
 //! The TFTP server against the real `curl` client on loopback: byte-exact transfers, observer
 //! events, confinement to the root, refused writes, and Debian's own undionly.kpxe; a raw UDP
-//! client for what curl cannot do (windowsize, a client that stops acknowledging).
+//! client for what curl cannot do (windowsize, block-number rollover, duplicate ACKs and RRQs,
+//! client ERRORs, garbage, a client that stops acknowledging, shutdown mid-transfer).
 //! Needs the Debian packages `curl` and `ipxe`.
 
 use std::collections::HashMap;
@@ -321,8 +322,74 @@ async fn unusable_root_is_an_error() {
     );
 }
 
-/// curl has no windowsize option, so speak TFTP by hand: negotiate blksize 1024, windowsize 4
-/// and tsize, take the first window, then stop acknowledging like a client that died.
+/// Speaks TFTP by hand, for what curl cannot do: windowsize, duplicate or missing ACKs,
+/// ERROR packets, garbage.
+struct Raw {
+    socket: tokio::net::UdpSocket,
+    listener: SocketAddr,
+}
+
+impl Raw {
+    async fn new(listener: SocketAddr) -> Self {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Self { socket, listener }
+    }
+
+    /// An RRQ for `file` in octet mode with `options` (name, value, name, value, ...).
+    async fn read(&self, file: &str, options: &[&str]) {
+        let mut rrq = vec![0, 1];
+        for field in [file, "octet"].iter().chain(options) {
+            rrq.extend_from_slice(field.as_bytes());
+            rrq.push(0);
+        }
+        self.socket.send_to(&rrq, self.listener).await.unwrap();
+    }
+
+    async fn recv(&self) -> (Vec<u8>, SocketAddr) {
+        let mut buf = vec![0u8; 70_000];
+        let got = tokio::time::timeout(Duration::from_secs(5), self.socket.recv_from(&mut buf));
+        let (n, from) = got.await.expect("no reply").unwrap();
+        buf.truncate(n);
+        (buf, from)
+    }
+
+    /// True if nothing arrives for `wait`.
+    async fn quiet(&self, wait: Duration) -> bool {
+        let mut buf = [0u8; 2048];
+        tokio::time::timeout(wait, self.socket.recv_from(&mut buf))
+            .await
+            .is_err()
+    }
+
+    async fn ack(&self, block: u16, to: SocketAddr) {
+        let [hi, lo] = block.to_be_bytes();
+        self.socket.send_to(&[0, 4, hi, lo], to).await.unwrap();
+    }
+}
+
+/// The options of an OACK, names lower-cased.
+fn oack_options(packet: &[u8]) -> HashMap<String, String> {
+    assert_eq!(&packet[..2], &[0, 6], "expected OACK, got {packet:?}");
+    let fields: Vec<String> = packet[2..]
+        .split(|b| *b == 0)
+        .filter(|f| !f.is_empty())
+        .map(|f| String::from_utf8_lossy(f).to_lowercase())
+        .collect();
+    fields
+        .chunks(2)
+        .map(|kv| (kv[0].clone(), kv[1].clone()))
+        .collect()
+}
+
+fn options(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Negotiate blksize 1024, windowsize 4 and tsize, take the first window, then stop
+/// acknowledging like a client that died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windowed_transfer_then_silent_client_is_reported_interrupted() {
     let dir = tempfile::tempdir().unwrap();
@@ -333,62 +400,198 @@ async fn windowed_transfer_then_silent_client_is_reported_interrupted() {
         max_send_retries: 1,
         ..TftpConfig::default()
     });
-    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut rrq = vec![0, 1];
-    for field in [
-        "snponly.efi",
-        "octet",
-        "blksize",
-        "1024",
-        "windowsize",
-        "4",
-        "tsize",
-        "0",
-    ] {
-        rrq.extend_from_slice(field.as_bytes());
-        rrq.push(0);
-    }
-    client.send_to(&rrq, server.addr).await.unwrap();
-
-    let mut buf = [0u8; 2048];
-    let recv = async |buf: &mut [u8]| {
-        let got = tokio::time::timeout(Duration::from_secs(5), client.recv_from(buf));
-        got.await.expect("no reply").unwrap()
-    };
-    let (n, transfer) = recv(&mut buf).await;
-    assert_eq!(&buf[..2], &[0, 6], "expected OACK, got {:?}", &buf[..n]);
-    let fields: Vec<String> = buf[2..n]
-        .split(|b| *b == 0)
-        .filter(|f| !f.is_empty())
-        .map(|f| String::from_utf8_lossy(f).to_lowercase())
-        .collect();
-    let options: HashMap<_, _> = fields
-        .chunks(2)
-        .map(|kv| (kv[0].as_str(), kv[1].as_str()))
-        .collect();
-    let want = HashMap::from([("blksize", "1024"), ("windowsize", "4"), ("tsize", "10000")]);
-    assert_eq!(options, want);
+    let client = Raw::new(server.addr).await;
+    let asked = ["blksize", "1024", "windowsize", "4", "tsize", "0"];
+    client.read("snponly.efi", &asked).await;
+    let (oack, transfer) = client.recv().await;
+    let want = options(&[("blksize", "1024"), ("windowsize", "4"), ("tsize", "10000")]);
+    assert_eq!(oack_options(&oack), want);
     assert_eq!(
         transfer.ip(),
         server.addr.ip(),
         "transfer socket must use the listen IP"
     );
+    assert_ne!(
+        transfer.port(),
+        server.addr.port(),
+        "transfers come from a new port"
+    );
 
-    client.send_to(&[0, 4, 0, 0], transfer).await.unwrap();
+    client.ack(0, transfer).await;
     for block in 1..=4u16 {
-        let (n, _) = recv(&mut buf).await;
-        assert_eq!(&buf[..4], &[0, 3, 0, block as u8], "DATA {block}");
+        let (data, _) = client.recv().await;
+        assert_eq!(&data[..4], &[0, 3, 0, block as u8], "DATA {block}");
         let start = (usize::from(block) - 1) * 1024;
         assert!(
-            buf[4..n] == image[start..start + 1024],
+            data[4..] == image[start..start + 1024],
             "block {block} content"
         );
     }
-    // No ACK: after the retries the server gives up and reports what it had read.
+    // No ACK: after the retries the server gives up and reports how far it had sent.
     let want = Event::Failed {
         file: "snponly.efi".into(),
         reason: TftpFailure::Interrupted { bytes: 4096 },
     };
     server.events.wait_for("interrupted", |e| *e == want).await;
     server.stop().await;
+}
+
+/// 70,001 blocks of 8 bytes: block numbers wrap from 65535 to 0 and the file still arrives
+/// whole. Windows of 64 keep it quick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_numbers_roll_over_past_65535() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = random_file(&dir.path().join("big.bin"), 8 * 70_000 + 5);
+    let server = start(dir.path());
+    let client = Raw::new(server.addr).await;
+    client
+        .read("big.bin", &["blksize", "8", "windowsize", "64"])
+        .await;
+    let (oack, transfer) = client.recv().await;
+    assert_eq!(
+        oack_options(&oack),
+        options(&[("blksize", "8"), ("windowsize", "64")])
+    );
+    client.ack(0, transfer).await;
+    let mut got = Vec::with_capacity(image.len());
+    let mut block = 0u64;
+    loop {
+        let (data, _) = client.recv().await;
+        block += 1;
+        let wire = (block % 65536) as u16;
+        assert_eq!(
+            &data[..4],
+            &[0, 3, (wire >> 8) as u8, wire as u8],
+            "DATA {block}"
+        );
+        got.extend_from_slice(&data[4..]);
+        let last = data.len() < 4 + 8;
+        if last || block.is_multiple_of(64) {
+            client.ack(wire, transfer).await;
+        }
+        if last {
+            break;
+        }
+    }
+    assert_eq!(block, 70_001);
+    assert!(got == image, "rolled-over file differs");
+    let want = Event::Finished {
+        file: "big.bin".into(),
+        bytes: image.len() as u64,
+        block_size: Some(8),
+    };
+    server.events.wait_for("finished", |e| *e == want).await;
+    server.stop().await;
+}
+
+/// A duplicate ACK gets no second DATA (Sorcerer's Apprentice), a retransmitted RRQ no second
+/// transfer, and the client's ERROR ends the transfer at once, not after the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_ignored_and_client_errors_abort() {
+    let dir = tempfile::tempdir().unwrap();
+    random_file(&dir.path().join("ipxe.efi"), 5000);
+    let server = start(dir.path()); // 3 s timeout, 5 retries: 18 s before giving up
+    let client = Raw::new(server.addr).await;
+    client.read("ipxe.efi", &["blksize", "1000"]).await;
+    client.read("ipxe.efi", &["blksize", "1000"]).await;
+    let (oack, transfer) = client.recv().await;
+    assert_eq!(oack_options(&oack), options(&[("blksize", "1000")]));
+    client.ack(0, transfer).await;
+    let (data, _) = client.recv().await;
+    assert_eq!(&data[..4], &[0, 3, 0, 1]);
+    client.ack(1, transfer).await;
+    client.ack(1, transfer).await;
+    let (data, _) = client.recv().await;
+    assert_eq!(&data[..4], &[0, 3, 0, 2]);
+    assert!(
+        client.quiet(Duration::from_millis(300)).await,
+        "a second OACK or DATA 2 arrived"
+    );
+    let started = Instant::now();
+    client
+        .socket
+        .send_to(b"\x00\x05\x00\x00user abort\x00", transfer)
+        .await
+        .unwrap();
+    let want = Event::Failed {
+        file: "ipxe.efi".into(),
+        reason: TftpFailure::Interrupted { bytes: 2000 },
+    };
+    server.events.wait_for("aborted", |e| *e == want).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ERROR not acted on"
+    );
+    let events = server.events.0.lock().unwrap().clone();
+    assert_eq!(events.len(), 2, "one transfer only: {events:?}");
+    server.stop().await;
+}
+
+/// Garbage on the listening port never stops the server; a bad mode is answered with an ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = random_file(&dir.path().join("undionly.kpxe"), 3000);
+    let server = start_with(TftpConfig {
+        root: dir.path().to_path_buf(),
+        block_size_limit: Some(1024),
+        ..TftpConfig::default()
+    });
+    let client = Raw::new(server.addr).await;
+    let garbage: &[&[u8]] = &[
+        b"",
+        b"\x00",
+        b"\x00\x01",
+        b"\x00\x01abc",
+        b"\x00\x04\x00\x01",
+        b"\xff\xff\xff",
+    ];
+    for datagram in garbage {
+        client.socket.send_to(datagram, server.addr).await.unwrap();
+    }
+    let mode = Raw::new(server.addr).await;
+    mode.socket
+        .send_to(b"\x00\x01undionly.kpxe\x00mail\x00", server.addr)
+        .await
+        .unwrap();
+    let (error, _) = mode.recv().await;
+    assert_eq!(&error[..4], &[0, 5, 0, 4], "illegal operation: {error:?}");
+    assert!(String::from_utf8_lossy(&error).contains("mail"));
+
+    // Still serving, with blksize capped at the configured limit.
+    let out = tempfile::tempdir().unwrap();
+    let got = out.path().join("a");
+    assert!(
+        server
+            .fetch("undionly.kpxe", &got, &["--tftp-blksize", "1468"])
+            .await
+    );
+    assert!(std::fs::read(&got).unwrap() == image);
+    let want = Event::Finished {
+        file: "undionly.kpxe".into(),
+        bytes: 3000,
+        block_size: Some(1024),
+    };
+    server.events.wait_for("finished", |e| *e == want).await;
+    server.stop().await;
+}
+
+/// Shutting down mid-transfer reports the transfer as interrupted before `run` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_running_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    random_file(&dir.path().join("ipxe.pxe"), 2000);
+    let server = start(dir.path());
+    let client = Raw::new(server.addr).await;
+    client.read("ipxe.pxe", &[]).await;
+    let (data, _) = client.recv().await;
+    assert_eq!(&data[..4], &[0, 3, 0, 1], "no options: DATA 1 answers");
+    assert_eq!(data.len(), 4 + 512);
+    let events = Arc::clone(&server.events);
+    server.stop().await;
+    let want = Event::Failed {
+        file: "ipxe.pxe".into(),
+        reason: TftpFailure::Interrupted { bytes: 512 },
+    };
+    assert_eq!(events.0.lock().unwrap().last(), Some(&want));
 }

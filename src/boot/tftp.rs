@@ -1,24 +1,31 @@
 //! Read-only TFTP server for the iPXE boot binaries, so PXE firmware can chainload into iPXE.
 //!
-//! async-tftp (RFC 1350/2347/2348/2349/7440) does the protocol; this module confines requests to
-//! one root directory and reports each transfer to a [`TftpObserver`] for the node timeline.
-//! async-tftp registers the socket with its own reactor and runs its own executor inside
-//! [`run`]'s future, so `run` takes a `std::net::UdpSocket` the caller bound. Every transfer
-//! socket binds to that socket's IP, so it must be a specific address (the provisioning
-//! interface's, or 127.0.0.1 in tests), never 0.0.0.0.
+//! RFC 1350 reads with RFC 2347 options (2348 blksize, 2349 tsize and timeout, 7440
+//! windowsize); writes are refused. The listener decodes requests; each read is its own tokio
+//! task (`transfer`) that sends slices of one in-memory copy of the file (`root`) from a fresh
+//! socket, and reports its exact outcome to a [`TftpObserver`] for the node timeline.
+//! Every transfer socket binds to the listening socket's IP, so that must be a specific address
+//! (the provisioning interface's, or 127.0.0.1 in tests), never 0.0.0.0.
+
+mod blocks;
+mod negotiate;
+mod packet;
+mod root;
+mod session;
+mod transfer;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Component, Path, PathBuf};
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_tftp::packet;
-use async_tftp::server::{Handler, TftpServerBuilder};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+use packet::{Direction, ErrorCode, Malformed};
+use transfer::Shared;
 
 /// Where Debian's `ipxe` package puts undionly.kpxe, ipxe.pxe, snponly.efi and ipxe.efi.
 pub const DEFAULT_ROOT: &str = "/usr/lib/ipxe";
@@ -31,8 +38,8 @@ pub struct TftpConfig {
     pub root: PathBuf,
     /// Retransmit timeout when the client does not ask for one.
     pub timeout: Duration,
-    /// Retransmissions of a block before giving up. async-tftp ignores ERROR packets from the
-    /// client, so this bounds how long an aborted transfer lingers (async-tftp's default is 100).
+    /// Retransmissions of a block (or window) before giving up: a client that vanishes without
+    /// an ERROR is given up on after `(1 + max_send_retries) × timeout`.
     pub max_send_retries: u32,
     /// Cap on the negotiated blksize, for links whose MTU is below what the client asks for.
     pub block_size_limit: Option<u16>,
@@ -57,13 +64,13 @@ impl Default for TftpConfig {
 /// Every read request ends in exactly one `transfer_finished` or `transfer_failed`;
 /// `transfer_started` comes first only for requests that opened a file. Methods run on the
 /// serving task: they must neither block nor panic (forward to a channel for anything slow).
-/// `file` is the name as the client sent it.
+/// `file` is the name as the client sent it. A retransmitted copy of a request whose transfer
+/// is running, and datagrams that are not a valid request, are not reported.
 pub trait TftpObserver: Send + Sync {
     fn transfer_started(&self, peer: SocketAddr, file: &str);
-    /// The whole file was read and the transfer ended. async-tftp does not say whether the
-    /// client acknowledged the last block (or last window), only that the transfer ended.
-    /// `block_size` is the negotiated blksize, inferred because async-tftp does not expose it:
-    /// it reads each block with one buffer of exactly blksize bytes (`tests/tftp.rs` checks).
+    /// The client acknowledged the last block: it has the whole file. `bytes` is the file's
+    /// size, `block_size` the negotiated blksize (512 when the client did not ask); always
+    /// `Some`.
     fn transfer_finished(&self, peer: SocketAddr, file: &str, bytes: u64, block_size: Option<u16>);
     fn transfer_failed(&self, peer: SocketAddr, file: &str, reason: &TftpFailure);
 }
@@ -78,12 +85,13 @@ pub enum TftpFailure {
     NotFound,
     /// A directory or other non-regular file.
     NotAFile,
-    /// The file exists but could not be opened or read.
+    /// The file exists but could not be opened or read (`FileTooLarge` above 64 MiB).
     Unreadable(io::ErrorKind),
     /// Write requests are always refused.
     WriteRefused,
-    /// The transfer stopped before the whole file was read: the client went away, retries ran
-    /// out, or the server shut down.
+    /// The client did not acknowledge the last block: it sent an ERROR (PXE firmware does after
+    /// learning the tsize), stopped answering until the retries ran out, or the server shut
+    /// down. `bytes` is how far into the file the server had sent, acknowledged or not.
     Interrupted {
         bytes: u64,
     },
@@ -103,22 +111,25 @@ pub enum TftpError {
     },
     #[error("TFTP root {} is not a directory", path.display())]
     RootNotDir { path: PathBuf },
-    #[error("cannot set up the TFTP server on {addr}")]
-    Setup {
+    #[error("cannot register the TFTP socket on {addr} with the runtime")]
+    Socket {
         addr: SocketAddr,
         #[source]
-        source: async_tftp::Error,
+        source: io::Error,
     },
-    #[error("TFTP server on {addr} stopped")]
-    Serve {
+    #[error("TFTP server on {addr} stopped receiving")]
+    Receive {
         addr: SocketAddr,
         #[source]
-        source: async_tftp::Error,
+        source: io::Error,
     },
 }
 
+/// The largest request accepted; RFC 2347 keeps requests within 512 bytes.
+const MAX_REQUEST: usize = 4096;
+
 /// Serves `config.root` on `socket` until `shutdown` fires. Transfers still running then are
-/// dropped and reported as [`TftpFailure::Interrupted`].
+/// dropped and reported as [`TftpFailure::Interrupted`] before `run` returns.
 pub async fn run(
     socket: UdpSocket,
     config: TftpConfig,
@@ -127,40 +138,79 @@ pub async fn run(
 ) -> Result<(), TftpError> {
     let addr = socket.local_addr().map_err(TftpError::LocalAddr)?;
     check_listen_addr(addr)?;
-    let root = tokio::fs::canonicalize(&config.root)
-        .await
-        .map_err(|source| TftpError::Root {
-            path: config.root.clone(),
-            source,
-        })?;
-    let is_dir = tokio::fs::metadata(&root).await.is_ok_and(|m| m.is_dir());
-    if !is_dir {
-        return Err(TftpError::RootNotDir { path: root });
+    let root = root::Root::open(&config.root).await?;
+    enlarge_receive_buffer(&socket);
+    let registered = socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UdpSocket::from_std(socket));
+    let socket = registered.map_err(|source| TftpError::Socket { addr, source })?;
+    info!(%addr, root = %root.dir().display(), "TFTP server listening");
+    let shared = Arc::new(Shared::new(socket, addr.ip(), root, observer, config));
+    let mut transfers = JoinSet::new();
+    let mut datagram = vec![0u8; MAX_REQUEST];
+    let served = loop {
+        let received = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            received = shared.socket.recv_from(&mut datagram) => received,
+        };
+        let (len, peer) = match received {
+            Ok(received) => received,
+            Err(source) => break Err(TftpError::Receive { addr, source }),
+        };
+        dispatch(
+            &shared,
+            &mut transfers,
+            peer,
+            datagram.get(..len).unwrap_or_default(),
+        );
+        while let Some(ended) = transfers.try_join_next() {
+            if let Err(err) = ended {
+                error!(error = %err, "TFTP transfer task failed");
+            }
+        }
+    };
+    transfers.shutdown().await;
+    served
+}
+
+fn dispatch(shared: &Arc<Shared>, transfers: &mut JoinSet<()>, peer: SocketAddr, datagram: &[u8]) {
+    match packet::decode_request(datagram) {
+        Ok(request) if request.direction == Direction::Write => {
+            let file = request.file;
+            warn!(%peer, file, "TFTP write request refused");
+            let reason = TftpFailure::WriteRefused;
+            shared.observer.transfer_failed(peer, &file, &reason);
+            shared.reply_error(
+                peer,
+                ErrorCode::IllegalOperation,
+                "this server is read-only",
+            );
+        }
+        Ok(request) => match shared.claim(peer, datagram) {
+            Some(ticket) => {
+                transfers.spawn(transfer::serve(ticket, request));
+            }
+            None => debug!(%peer, "repeated TFTP read request ignored"),
+        },
+        Err(Malformed::NotARequest) => debug!(%peer, "TFTP datagram that is no request ignored"),
+        Err(malformed) => {
+            debug!(%peer, error = %malformed, "malformed TFTP request");
+            shared.reply_error(peer, ErrorCode::IllegalOperation, &malformed.to_string());
+        }
     }
-    let mut builder = TftpServerBuilder::with_handler(RootHandler {
-        root: root.clone(),
-        observer,
-        cache: Arc::default(),
-    })
-    .timeout(config.timeout)
-    .max_send_retries(config.max_send_retries);
-    if let Some(limit) = config.block_size_limit {
-        builder = builder.block_size_limit(limit);
-    }
-    if let Some(limit) = config.window_size_limit {
-        builder = builder.window_size_limit(limit);
-    }
-    let setup = |source| TftpError::Setup { addr, source };
-    let server = builder
-        .std_socket(socket)
-        .map_err(setup)?
-        .build()
-        .await
-        .map_err(setup)?;
-    info!(%addr, root = %root.display(), "TFTP server listening");
-    tokio::select! {
-        result = server.serve() => result.map_err(|source| TftpError::Serve { addr, source }),
-        () = shutdown.cancelled() => Ok(()),
+}
+
+/// A rack powering on sends its read requests in one burst; the default receive buffer holds
+/// a few hundred. Best effort: root may exceed `rmem_max`, others get what it allows.
+fn enlarge_receive_buffer(socket: &UdpSocket) {
+    let size = 1 << 20;
+    let forced =
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::RcvBufForce, &size);
+    if forced.is_err()
+        && let Err(err) = socket2::SockRef::from(socket).set_recv_buffer_size(size)
+    {
+        debug!(error = %err, "cannot enlarge the TFTP receive buffer");
     }
 }
 
@@ -171,218 +221,9 @@ fn check_listen_addr(addr: SocketAddr) -> Result<(), TftpError> {
     Ok(())
 }
 
-/// The request as a path relative to the root, or `None` if it is not a plain name. A leading
-/// `/` means the root, as with `tftpd -s`; `..` is refused even where it would stay inside.
-fn relative_request(requested: &Path) -> Option<PathBuf> {
-    let mut relative = PathBuf::new();
-    for component in requested.components() {
-        match component {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(part) => relative.push(part),
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!relative.as_os_str().is_empty()).then_some(relative)
-}
-
-fn failure_from_io(error: &io::Error) -> TftpFailure {
-    match error.kind() {
-        io::ErrorKind::NotFound => TftpFailure::NotFound,
-        kind => TftpFailure::Unreadable(kind),
-    }
-}
-
-struct RootHandler {
-    /// Canonical, so that `starts_with` on a canonical request path is a containment check.
-    root: PathBuf,
-    observer: Arc<dyn TftpObserver>,
-    /// Boot binaries are small and every node of a rack asks for the same one: each file is read
-    /// once (per size and mtime) and served from memory, instead of one blocking read per block.
-    cache: Arc<std::sync::Mutex<FileCache>>,
-}
-
-type FileCache = std::collections::HashMap<PathBuf, (std::time::SystemTime, u64, Arc<[u8]>)>;
-
-/// Files larger than this are refused over TFTP (kernels and images go over HTTP).
-const MAX_TFTP_FILE: u64 = 64 << 20;
-
-impl RootHandler {
-    /// The file's bytes, from the cache when its size and mtime still match.
-    async fn load(&self, requested: &Path) -> Result<Arc<[u8]>, TftpFailure> {
-        let (real, file, size) = self.open(requested).await?;
-        let modified = file
-            .metadata()
-            .await
-            .and_then(|m| m.modified())
-            .map_err(|e| failure_from_io(&e))?;
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, len, bytes)) = cache.get(&real)
-            && *at == modified
-            && *len == size
-        {
-            return Ok(Arc::clone(bytes));
-        }
-        if size > MAX_TFTP_FILE {
-            return Err(TftpFailure::Unreadable(io::ErrorKind::FileTooLarge));
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        let mut file = file;
-        tokio::io::AsyncReadExt::read_to_end(&mut file, &mut bytes)
-            .await
-            .map_err(|e| failure_from_io(&e))?;
-        let bytes: Arc<[u8]> = bytes.into();
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(real, (modified, size, Arc::clone(&bytes)));
-        }
-        Ok(bytes)
-    }
-
-    async fn open(&self, requested: &Path) -> Result<(PathBuf, tokio::fs::File, u64), TftpFailure> {
-        let relative = relative_request(requested).ok_or(TftpFailure::BadPath)?;
-        let real = tokio::fs::canonicalize(self.root.join(relative))
-            .await
-            .map_err(|e| failure_from_io(&e))?;
-        if !real.starts_with(&self.root) {
-            return Err(TftpFailure::OutsideRoot);
-        }
-        // O_NOFOLLOW: a symlink swapped in after canonicalize is refused, not followed.
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&real)
-            .await
-            .map_err(|e| failure_from_io(&e))?;
-        let meta = file.metadata().await.map_err(|e| failure_from_io(&e))?;
-        if !meta.is_file() {
-            return Err(TftpFailure::NotAFile);
-        }
-        Ok((real, file, meta.len()))
-    }
-}
-
-impl Handler for RootHandler {
-    type Reader = ObservedReader;
-    type Writer = futures::io::Sink;
-
-    async fn read_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-    ) -> Result<(ObservedReader, Option<u64>), packet::Error> {
-        let file = path.display().to_string();
-        match self.load(path).await {
-            Ok(bytes) => {
-                let size = bytes.len() as u64;
-                debug!(peer = %client, file, size, "TFTP transfer started");
-                self.observer.transfer_started(*client, &file);
-                let reader = ObservedReader {
-                    inner: futures::io::Cursor::new(bytes),
-                    peer: *client,
-                    file,
-                    observer: Arc::clone(&self.observer),
-                    bytes: 0,
-                    largest_read: 0,
-                    eof: false,
-                };
-                Ok((reader, Some(size)))
-            }
-            Err(reason) => {
-                warn!(peer = %client, file, ?reason, "TFTP read request refused");
-                self.observer.transfer_failed(*client, &file, &reason);
-                Err(match reason {
-                    TftpFailure::NotFound | TftpFailure::NotAFile => packet::Error::FileNotFound,
-                    _ => packet::Error::PermissionDenied,
-                })
-            }
-        }
-    }
-
-    async fn write_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-        _size: Option<u64>,
-    ) -> Result<futures::io::Sink, packet::Error> {
-        let file = path.display().to_string();
-        warn!(peer = %client, file, "TFTP write request refused");
-        self.observer
-            .transfer_failed(*client, &file, &TftpFailure::WriteRefused);
-        Err(packet::Error::IllegalOperation)
-    }
-}
-
-/// Counts what async-tftp reads and reports the outcome when it drops the reader, which it does
-/// when the transfer ends for any reason.
-struct ObservedReader {
-    inner: futures::io::Cursor<Arc<[u8]>>,
-    peer: SocketAddr,
-    file: String,
-    observer: Arc<dyn TftpObserver>,
-    bytes: u64,
-    largest_read: usize,
-    eof: bool,
-}
-
-impl futures::io::AsyncRead for ObservedReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        this.largest_read = this.largest_read.max(buf.len());
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            this.bytes += n as u64;
-            this.eof |= n == 0 && !buf.is_empty();
-        }
-        polled
-    }
-}
-
-impl Drop for ObservedReader {
-    fn drop(&mut self) {
-        if self.eof {
-            let block_size = u16::try_from(self.largest_read).ok();
-            info!(peer = %self.peer, file = self.file, bytes = self.bytes, ?block_size, "TFTP transfer finished");
-            self.observer
-                .transfer_finished(self.peer, &self.file, self.bytes, block_size);
-        } else {
-            let reason = TftpFailure::Interrupted { bytes: self.bytes };
-            warn!(peer = %self.peer, file = self.file, ?reason, "TFTP transfer failed");
-            self.observer
-                .transfer_failed(self.peer, &self.file, &reason);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_plain_names_map_into_the_root() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("undionly.kpxe", Some("undionly.kpxe")),
-            ("/undionly.kpxe", Some("undionly.kpxe")),
-            ("//etc/passwd", Some("etc/passwd")),
-            ("./efi/./snponly.efi", Some("efi/snponly.efi")),
-            ("../../etc/passwd", None),
-            ("efi/../undionly.kpxe", None),
-            ("/..", None),
-            ("", None),
-            (".", None),
-            ("/", None),
-        ];
-        for (requested, expected) in cases {
-            let got = relative_request(Path::new(requested));
-            assert_eq!(
-                got.as_deref(),
-                expected.map(Path::new),
-                "request {requested:?}"
-            );
-        }
-    }
 
     #[test]
     fn unspecified_listen_address_is_refused() {

@@ -160,7 +160,7 @@ pub async fn start(
     });
     tracing::info!(%interface, address = %http_addr, "boot HTTP listening");
 
-    // TFTP on the interface address (async-tftp binds transfer sockets to it).
+    // TFTP on the interface address: each transfer answers from a new socket on that address.
     let tftp_socket =
         std::net::UdpSocket::bind((server_ip, 69)).context("cannot bind TFTP port 69")?;
     let tftp_config = TftpConfig {
