@@ -1,5 +1,8 @@
 //! Fuzzes the DHCP path from raw datagram to reply bytes: decode, classify, decide (both modes),
-//! build and encode. Run: `cargo +nightly fuzz run dhcp_decide` from the repository root.
+//! build and encode. Run from the repository root: `cargo +nightly fuzz run -O dhcp_decide`.
+//! `-O` builds as the daemon ships (no debug assertions): without it libFuzzer stops at a
+//! `debug_assert!` inside dhcproto's option decoder, which debug builds of the server catch with
+//! `catch_unwind` and drop as a malformed packet.
 #![no_main]
 
 use kiln::boot::dhcp::answer::{proxy, reservation};
