@@ -1,5 +1,6 @@
 //! Kiln: a bare-metal provisioning appliance. The binaries in `src/bin` only wire these modules.
 
+pub mod agent;
 pub mod api;
 pub mod bmc;
 pub mod boot;

@@ -1,0 +1,6 @@
+//! The deploy agent that runs in the ramdisk: its kernel arguments, the hardware it sees, the disk it writes, the image it streams.
+
+pub mod cmdline;
+pub mod disks;
+pub mod image;
+pub mod inventory;
