@@ -187,17 +187,6 @@ impl Store {
         row.as_ref().map(decode_node).transpose()
     }
 
-    pub async fn nodes_in_states(
-        &self,
-        states: &[ProvisionState],
-    ) -> Result<Vec<Node>, StoreError> {
-        let all = self.list_nodes().await?;
-        Ok(all
-            .into_iter()
-            .filter(|n| states.contains(&n.provision_state))
-            .collect())
-    }
-
     /// Deletes the node record (and its MACs and history).
     pub async fn delete_node(&self, name: &str) -> Result<(), StoreError> {
         let node = self.node(name).await?;

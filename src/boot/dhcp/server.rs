@@ -182,19 +182,13 @@ impl DhcpServer {
             }
         };
         let kind = classify(&request);
-        let lease_secs = if self.config.mode == DhcpMode::Reservation
-            && self.known_node(request.mac).await.flatten().is_none()
-        {
-            self.config.discovery_lease_secs
-        } else {
-            self.config.lease_secs
-        };
-        let (answer, node_uuid) = match self.config.mode {
+        let (answer, node_uuid, lease_secs) = match self.config.mode {
             DhcpMode::Proxy => {
                 let node = self.known_node(request.mac).await?;
                 (
                     answer::proxy(&request, kind, &self.config),
                     node.map(|n| n.0),
+                    self.config.lease_secs,
                 )
             }
             DhcpMode::Reservation => self.reservation(&request, kind).await?,
@@ -273,7 +267,7 @@ impl DhcpServer {
         &self,
         request: &Request,
         kind: ClientKind,
-    ) -> Option<(Answer, Option<uuid::Uuid>)> {
+    ) -> Option<(Answer, Option<uuid::Uuid>, u32)> {
         let node = self.known_node(request.mac).await?;
         let (uuid, reservation, pool, lease_secs) = match node {
             Some((uuid, reservation)) => (
@@ -323,7 +317,11 @@ impl DhcpServer {
             }
             _ => self.leases.lock().ok()?.address_of(request.mac),
         };
-        Some((answer::reservation(request, kind, ip, &self.config), uuid))
+        Some((
+            answer::reservation(request, kind, ip, &self.config),
+            uuid,
+            lease_secs,
+        ))
     }
 
     /// Inventory addresses of all nodes: never handed out from the pool to anyone else.
