@@ -83,16 +83,7 @@ fn text(value: &Value) -> String {
 }
 
 pub fn node_list(nodes: &[Value], json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(nodes).unwrap_or_default()
-        );
-        return;
-    }
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header([
+    let header = [
         "Name",
         "UUID",
         "BMC",
@@ -101,10 +92,10 @@ pub fn node_list(nodes: &[Value], json: bool) {
         "Target",
         "Services",
         "Last error",
-    ]);
-    for node in nodes {
+    ];
+    print_list(nodes, json, &header, |node| {
         let spec = &node["spec"];
-        table.add_row([
+        vec![
             text(&spec["name"]),
             text(&node["uuid"]),
             format!(
@@ -120,9 +111,8 @@ pub fn node_list(nodes: &[Value], json: bool) {
             text(&node["target_provision_state"]),
             text(&node["services_status"]),
             text(&node["last_error"]),
-        ]);
-    }
-    println!("{table}");
+        ]
+    });
 }
 
 pub fn node_show(node: &Value, json: bool) {
@@ -170,70 +160,63 @@ pub fn power(name: &str, reply: &Value, json: bool) {
 }
 
 pub fn leases(leases: &[Value], json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(leases).unwrap_or_default()
-        );
-        return;
-    }
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["IP", "MAC", "Node", "Expires (UTC)"]);
-    for lease in leases {
-        let node = match lease["node"].as_str() {
-            Some(name) => name.to_string(),
-            None if lease["discovered"] == true => "(discovered)".to_string(),
-            None => "-".to_string(),
-        };
-        table.add_row([
-            text(&lease["ip"]),
-            text(&lease["mac"]),
-            node,
-            format_ms(lease["expires_at"].as_i64().unwrap_or_default()),
-        ]);
-    }
-    println!("{table}");
+    print_list(
+        leases,
+        json,
+        &["IP", "MAC", "Node", "Expires (UTC)"],
+        |lease| {
+            let node = match lease["node"].as_str() {
+                Some(name) => name.to_string(),
+                None if lease["discovered"] == true => "(discovered)".to_string(),
+                None => "-".to_string(),
+            };
+            vec![
+                text(&lease["ip"]),
+                text(&lease["mac"]),
+                node,
+                format_ms(lease["expires_at"].as_i64().unwrap_or_default()),
+            ]
+        },
+    );
 }
 
 pub fn events(entries: &[Value], json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(entries).unwrap_or_default()
-        );
-        return;
-    }
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["Time (UTC)", "Event", "Detail"]);
-    for entry in entries {
-        let at = entry["at"].as_i64().unwrap_or_default();
-        table.add_row([format_ms(at), text(&entry["kind"]), text(&entry["detail"])]);
-    }
-    println!("{table}");
+    print_list(entries, json, &["Time (UTC)", "Event", "Detail"], |entry| {
+        vec![
+            format_ms(entry["at"].as_i64().unwrap_or_default()),
+            text(&entry["kind"]),
+            text(&entry["detail"]),
+        ]
+    });
 }
 
 pub fn history(entries: &[Value], json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(entries).unwrap_or_default()
-        );
-        return;
-    }
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["Time (UTC)", "From", "To", "Input", "Reason"]);
-    for entry in entries {
-        let at = entry["at"].as_i64().unwrap_or_default();
-        table.add_row([
-            format_ms(at),
+    let header = ["Time (UTC)", "From", "To", "Input", "Reason"];
+    print_list(entries, json, &header, |entry| {
+        vec![
+            format_ms(entry["at"].as_i64().unwrap_or_default()),
             text(&entry["from"]),
             text(&entry["to"]),
             text(&entry["input"]),
             text(&entry["reason"]),
-        ]);
+        ]
+    });
+}
+
+/// A list as pretty JSON for scripts, or as a table with one row per item for people.
+fn print_list(items: &[Value], json: bool, header: &[&str], row: impl Fn(&Value) -> Vec<String>) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(items).unwrap_or_default()
+        );
+        return;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(header.to_vec());
+    for item in items {
+        table.add_row(row(item));
     }
     println!("{table}");
 }
