@@ -61,6 +61,8 @@ fn run_with(dir: &tempfile::TempDir, extra: &[&str]) -> Run {
         "--sys-block",
         block.to_str().expect("utf-8"),
     ];
+    // Deploy mode without --dry-run would call Kiln back.
+    args.push("--dry-run");
     args.extend_from_slice(extra);
     agent(&args)
 }

@@ -242,7 +242,24 @@ fn malformed_image_url() {
         10,
         21,
         "nodes[0].image.source",
-        "not a valid URL",
+        "neither an image catalog name",
+    );
+    rejects(
+        &format!("{NODE}    image: {{source: 'http//x y'}}\n"),
+        10,
+        21,
+        "nodes[0].image.source",
+        "neither an image catalog name",
+    );
+}
+
+#[test]
+fn image_catalog_names_are_accepted() {
+    let text = format!("{NODE}    image: {{source: debian-12}}\n");
+    let inventory = kiln::inventory::parse("rack.yaml", &text).expect("a catalog name is valid");
+    assert_eq!(
+        inventory.nodes[0].image.as_ref().unwrap().source,
+        "debian-12"
     );
 }
 

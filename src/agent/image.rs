@@ -712,12 +712,13 @@ fn run_len(data: &[u8], zero: bool) -> usize {
         .sum()
 }
 
-/// Whether a block is all zero; 512-byte pieces OR-folded so the compiler vectorises them and
-/// data blocks stop at the first piece.
+/// Whether a block is all zero: a byte-slice comparison against zeros is a `memcmp`, fast even in
+/// an unoptimised build (the ramdisk's agent may be one) and stopping at the first data byte.
 fn is_zero(block: &[u8]) -> bool {
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
     block
-        .chunks(512)
-        .all(|piece| piece.iter().fold(0u8, |acc, b| acc | b) == 0)
+        .chunks(BLOCK)
+        .all(|piece| piece == &ZEROS[..piece.len()])
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The REST API under `/v1` (axum): nodes, provision verbs, history, enrollment; bearer-token auth.
 
+pub mod agent;
 mod auth;
 mod error;
 mod power;
@@ -59,11 +60,36 @@ async fn list_nodes(State(state): State<ApiState>) -> Result<Json<Vec<Node>>, Ap
     Ok(Json(state.conductor.store().list_nodes().await?))
 }
 
+/// The node, plus what only the daemon knows: why it waits, its deploy's step and progress, and
+/// the hardware inventory its agent reported.
 async fn show_node(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<Node>, ApiError> {
-    Ok(Json(state.conductor.store().node(&name).await?))
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = state.conductor.store();
+    let node = store.node(&name).await?;
+    let mut body = serde_json::to_value(&node).map_err(|_| ApiError::Internal)?;
+    body["waiting"] = serde_json::json!(state.conductor.waiting_reason(&node));
+    if let Some(deploy) = store.deployment(node.uuid).await? {
+        body["deploy"] = serde_json::json!({
+            "step": deploy.step,
+            "step_started_at": deploy.step_started_at,
+            "image": deploy.image.url,
+            "agent_address": deploy.agent_address,
+            "agent_seen_at": deploy.agent_seen_at,
+            "progress": deploy.progress.as_ref().map(|p| {
+                crate::conductor::deploy::describe_progress(p.done, p.total, p.rate)
+            }),
+            "result": deploy.result.as_ref().map(|r| r.detail.clone()),
+        });
+    }
+    if let Some(inventory) = store.inventory_of(node.uuid).await? {
+        body["inventory"] = serde_json::json!({
+            "collected_at": inventory.collected_at,
+            "data": inventory.data,
+        });
+    }
+    Ok(Json(body))
 }
 
 async fn delete_node(

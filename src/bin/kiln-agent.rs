@@ -1,13 +1,12 @@
 //! The `kiln-agent` binary that runs in the deploy ramdisk: reads its kernel arguments and its hardware.
 //!
-//! This step makes no network calls: the callback protocol (look-up, heartbeat, inventory upload,
-//! deploy commands) comes later in the provisioning issue. Until then the agent prints what it
-//! would report, which is also how it is tested:
-//!
+//! - `kiln-agent` (in the ramdisk): parses the kernel command line (`/proc/cmdline`, or
+//!   `--cmdline FILE`) and, in `kiln.mode=deploy`, calls Kiln back (look-up, inventory,
+//!   heartbeats) and runs the commands it is given until the machine reboots
+//!   ([`kiln::agent::runner`]); in `kiln.mode=discover` it prints the inventory it would report.
 //! - `kiln-agent --inventory` prints the hardware inventory as JSON (no kernel arguments needed);
-//! - otherwise it parses the kernel command line (`/proc/cmdline`, or `--cmdline FILE`) and, in
-//!   `kiln.mode=deploy`, prints the root disk it would write (`--hints-json`, `--image-size`); in
-//!   `kiln.mode=discover` it prints the inventory it would report.
+//! - `kiln-agent --dry-run` prints the root disk it would write (`--hints-json`, `--image-size`).
+//! - `--target FILE` writes images there instead of the chosen disk (tests).
 //!
 //! Exit codes: 0 done, 1 error (one plain line on stderr). The agent token is never printed.
 
@@ -16,6 +15,7 @@ use clap::Parser;
 use kiln::agent::cmdline::{self, Mode};
 use kiln::agent::disks;
 use kiln::agent::inventory::{self, Roots};
+use kiln::agent::runner::{self, AgentEnv};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +34,12 @@ struct Args {
     /// Size of the image to write in bytes; without hints the smallest disk at least this big is chosen.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     image_size: u64,
+    /// Print the root disk deploy mode would write, and exit (no network calls).
+    #[arg(long)]
+    dry_run: bool,
+    /// Write images to this file or device instead of the chosen disk (tests).
+    #[arg(long, value_name = "PATH")]
+    target: Option<PathBuf>,
     /// Where block devices are listed (a fake tree in tests).
     #[arg(long, value_name = "DIR", default_value = disks::SYS_BLOCK)]
     sys_block: PathBuf,
@@ -75,6 +81,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("kiln-agent: {agent}");
     match agent.mode {
         Mode::Discover => print_inventory(&roots),
+        Mode::Deploy if !args.dry_run => {
+            let env = AgentEnv {
+                roots,
+                target_override: args.target.clone(),
+            };
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(runner::run(agent, env))?;
+            Ok(())
+        }
         Mode::Deploy => {
             let hints = match &args.hints_json {
                 Some(json) => disks::parse_hints(json).context("--hints-json")?,

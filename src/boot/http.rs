@@ -137,7 +137,14 @@ async fn boot_script(
         .map_err(|_| bad())?;
     let settings = &state.config.scripts;
     let node = state.store.node_by_mac(mac).await?;
-    let kind = ipxe::script_for(node.as_ref(), settings.discovery);
+    let mut kind = ipxe::script_for(node.as_ref(), settings.discovery);
+    if let (ScriptKind::Deploy, Some(node)) = (&kind, &node) {
+        // Past the image write, a deploying node boots its disk even if it PXE-boots again.
+        let step = state.store.deployment(node.uuid).await?.map(|d| d.step);
+        if step == Some(crate::store::DeployStep::WaitOs) {
+            kind = ScriptKind::LocalBoot;
+        }
+    }
     let token = match (&kind, &node) {
         (ScriptKind::Deploy, Some(node)) => Some(state.store.issue_agent_token(node.uuid).await?),
         _ => None,

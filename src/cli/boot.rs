@@ -105,55 +105,104 @@ fn interface_facts(name: &str) -> Result<(Ipv4Addr, u8, u32, [u8; 6])> {
     Ok((ip, prefix, index, mac))
 }
 
-/// Starts the boot services into `tasks`. `api_port` is where agents reach the Kiln API.
-pub async fn start(
-    options: &BootOptions,
-    data_dir: &std::path::Path,
-    api_port: u16,
-    store: &Store,
-    tasks: &mut JoinSet<()>,
-    shutdown: &CancellationToken,
-) -> Result<()> {
+/// What the boot services need to know about the provisioning interface, worked out before the
+/// daemon starts anything (the deploy workflow needs the boot HTTP URL too).
+#[derive(Clone, Debug)]
+pub struct BootPlan {
+    pub interface: String,
+    pub server_ip: Ipv4Addr,
+    pub prefix: u8,
+    ifindex: u32,
+    mac: [u8; 6],
+    /// `http://SERVER_IP:PORT`: scripts, files, images and the agent API.
+    pub http_base: String,
+    pub files_root: PathBuf,
+}
+
+impl BootPlan {
+    pub fn images_dir(&self) -> PathBuf {
+        self.files_root.join("images")
+    }
+}
+
+/// Reads the provisioning interface's facts; `None` when boot services are off.
+pub fn plan(options: &BootOptions, data_dir: &std::path::Path) -> Result<Option<BootPlan>> {
     let Some(interface) = &options.boot_interface else {
-        return Ok(());
+        return Ok(None);
     };
     let (server_ip, prefix, ifindex, mac) = interface_facts(interface)?;
-    let http_base = format!("http://{server_ip}:{}", options.boot_http_port);
-    let api_url = format!("http://{server_ip}:{api_port}");
     let files_root = options
         .files_root
         .clone()
         .unwrap_or_else(|| data_dir.join("files"));
     std::fs::create_dir_all(&files_root)
         .with_context(|| format!("cannot create {}", files_root.display()))?;
+    Ok(Some(BootPlan {
+        interface: interface.clone(),
+        server_ip,
+        prefix,
+        ifindex,
+        mac,
+        http_base: format!("http://{server_ip}:{}", options.boot_http_port),
+        files_root,
+    }))
+}
+
+/// Starts the boot services into `tasks`; `agent_api` (the agent callback routes) is served by
+/// the boot HTTP server, where the ramdisk can reach it.
+pub async fn start(
+    plan: &BootPlan,
+    options: &BootOptions,
+    store: &Store,
+    agent_api: axum::Router,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let BootPlan {
+        interface,
+        server_ip,
+        prefix,
+        ifindex,
+        mac,
+        http_base,
+        files_root,
+    } = plan.clone();
+    let interface = &interface;
+    // Agents call back through the boot HTTP server.
+    let api_url = http_base.clone();
 
     // Boot HTTP: scripts, files, and the iPXE binaries for UEFI HTTP boot under /ipxe/.
     let mut http_config = BootHttpConfig::new(http_base.clone(), api_url, files_root);
     http_config.scripts.discovery = options.discovery_pool.is_some();
     let tftp_root = options.tftp_root.clone();
     let ipxe_root = tftp_root.clone();
-    let app = crate::boot::http::router(BootHttpState::new(store.clone(), http_config)).route(
-        "/ipxe/{*path}",
-        get(move |UrlPath(path): UrlPath<String>, request: Request| {
-            let root = ipxe_root.clone();
-            async move {
-                use axum::response::IntoResponse;
-                match files::serve(&root, &path, request.method(), request.headers()).await {
-                    Ok(response) => response,
-                    Err(err) => crate::boot::http::BootHttpError::File(err).into_response(),
+    let app = crate::boot::http::router(BootHttpState::new(store.clone(), http_config))
+        .merge(agent_api)
+        .route(
+            "/ipxe/{*path}",
+            get(move |UrlPath(path): UrlPath<String>, request: Request| {
+                let root = ipxe_root.clone();
+                async move {
+                    use axum::response::IntoResponse;
+                    match files::serve(&root, &path, request.method(), request.headers()).await {
+                        Ok(response) => response,
+                        Err(err) => crate::boot::http::BootHttpError::File(err).into_response(),
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        );
     let http_addr = SocketAddr::from((server_ip, options.boot_http_port));
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {http_addr}"))?;
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
         if let Err(err) = served {
             tracing::error!(error = %err, "boot HTTP server failed");
         }

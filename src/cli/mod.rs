@@ -3,6 +3,8 @@
 mod boot;
 mod client;
 pub mod config;
+mod deploy;
+mod image;
 mod output;
 mod serve;
 
@@ -67,6 +69,16 @@ enum Command {
         boot: boot::BootOptions,
         #[command(flatten)]
         power_sync: serve::PowerSyncOptions,
+        #[command(flatten)]
+        deploy: deploy::DeployOptions,
+    },
+    /// OS images and the deploy ramdisk on this appliance (no daemon needed).
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+        /// The daemon's files root (default DATA_DIR/files).
+        #[arg(long, env = "KILN_FILES_ROOT")]
+        files_root: Option<PathBuf>,
     },
     /// Enroll (or update) the nodes of an inventory file, all or nothing.
     Enroll {
@@ -225,8 +237,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             database_url,
             boot,
             power_sync,
+            deploy,
         } => {
-            serve::run(&settings, listen, database_url, &boot, &power_sync).await?;
+            serve::run(&settings, listen, database_url, &boot, &power_sync, &deploy).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inventory {
@@ -243,6 +256,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Node { command } => node_command(&settings, command, cli.json).await,
         Command::Vbmc => vbmc(&cli).await,
+        Command::Image {
+            command,
+            files_root,
+        } => {
+            let files_root = files_root.unwrap_or_else(|| settings.data_dir.join("files"));
+            image::run(command, &files_root, cli.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dhcp {
             command: DhcpCommand::Leases,
         } => {
@@ -309,9 +330,11 @@ async fn node_command(settings: &Settings, command: NodeCommand, json: bool) -> 
             return Ok(ExitCode::SUCCESS);
         }
         NodeCommand::History { name } => {
-            let entries: Vec<serde_json::Value> =
+            let transitions: Vec<serde_json::Value> =
                 client.get(&format!("/nodes/{name}/history")).await?;
-            output::history(&entries, json);
+            let events: Vec<serde_json::Value> =
+                client.get(&format!("/nodes/{name}/events")).await?;
+            output::timeline(&transitions, &events, json);
             return Ok(ExitCode::SUCCESS);
         }
         NodeCommand::Delete { names } => {

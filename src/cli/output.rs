@@ -144,11 +144,65 @@ pub fn node_show(node: &Value, json: bool) {
         ("image", text(&spec["image"])),
         ("roles", text(&spec["roles"])),
         ("groups", text(&spec["groups"])),
+        ("waiting", text(&node["waiting"])),
     ];
     for (field, value) in rows {
         table.add_row([field.to_string(), value]);
     }
+    let deploy = &node["deploy"];
+    if deploy.is_object() {
+        table.add_row(["deploy_step".to_string(), text(&deploy["step"])]);
+        table.add_row(["deploy_image".to_string(), text(&deploy["image"])]);
+        table.add_row(["deploy_progress".to_string(), text(&deploy["progress"])]);
+        table.add_row(["agent_address".to_string(), text(&deploy["agent_address"])]);
+        table.add_row(["agent_result".to_string(), text(&deploy["result"])]);
+    }
+    for (field, value) in inventory_rows(&node["inventory"]["data"]) {
+        table.add_row([field, value]);
+    }
     println!("{table}");
+}
+
+/// The agent-reported hardware, one row per fact (in-band inspection).
+fn inventory_rows(data: &Value) -> Vec<(String, String)> {
+    if !data.is_object() {
+        return Vec::new();
+    }
+    let mut rows = vec![
+        (
+            "inventory_cpus".to_string(),
+            format!("{} × {}", text(&data["cpus"]), text(&data["cpu_model"])),
+        ),
+        (
+            "inventory_memory".to_string(),
+            format!("{} MiB", data["memory_bytes"].as_u64().unwrap_or(0) >> 20),
+        ),
+    ];
+    for disk in data["disks"].as_array().into_iter().flatten() {
+        rows.push((
+            format!("inventory_disk_{}", text(&disk["name"])),
+            format!(
+                "{} bytes ({} GiB), model {}, serial {}, rotational {}",
+                disk["size_bytes"].as_u64().unwrap_or(0),
+                disk["size_bytes"].as_u64().unwrap_or(0) >> 30,
+                text(&disk["model"]),
+                text(&disk["serial"]),
+                text(&disk["rotational"])
+            ),
+        ));
+    }
+    for nic in data["nics"].as_array().into_iter().flatten() {
+        rows.push((
+            format!("inventory_nic_{}", text(&nic["name"])),
+            format!(
+                "MAC {}, carrier {}, {}",
+                text(&nic["mac"]),
+                text(&nic["carrier"]),
+                text(&nic["operstate"])
+            ),
+        ));
+    }
+    rows
 }
 
 pub fn power(name: &str, reply: &Value, json: bool) {
@@ -190,16 +244,36 @@ pub fn events(entries: &[Value], json: bool) {
     });
 }
 
-pub fn history(entries: &[Value], json: bool) {
-    let header = ["Time (UTC)", "From", "To", "Input", "Reason"];
-    print_list(entries, json, &header, |entry| {
-        vec![
-            format_ms(entry["at"].as_i64().unwrap_or_default()),
-            text(&entry["from"]),
-            text(&entry["to"]),
-            text(&entry["input"]),
-            text(&entry["reason"]),
-        ]
+/// A node's timeline: provision-state transitions and boot/deploy events (power, DHCP, script,
+/// agent, inventory, image %, reboot, OS up) merged in time order.
+pub fn timeline(transitions: &[Value], events: &[Value], json: bool) {
+    let mut items: Vec<Value> = transitions
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t["type"] = "transition".into();
+            t
+        })
+        .chain(events.iter().map(|e| {
+            let mut e = e.clone();
+            e["type"] = "event".into();
+            e
+        }))
+        .collect();
+    // Stable: a transition and an event in the same millisecond keep their own order.
+    items.sort_by_key(|item| item["at"].as_i64().unwrap_or_default());
+    let header = ["Time (UTC)", "What", "Detail"];
+    print_list(&items, json, &header, |item| {
+        let at = format_ms(item["at"].as_i64().unwrap_or_default());
+        if item["type"] == "transition" {
+            vec![
+                at,
+                format!("{} → {}", text(&item["from"]), text(&item["to"])),
+                format!("{}: {}", text(&item["input"]), text(&item["reason"])),
+            ]
+        } else {
+            vec![at, text(&item["kind"]), text(&item["detail"])]
+        }
     });
 }
 

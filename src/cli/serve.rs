@@ -1,10 +1,13 @@
 //! `kiln serve`: wires the store, the conductor and the API, and shuts them down cleanly.
 
 use super::{LogFormat, Settings};
+use crate::api::agent::AgentApiState;
 use crate::api::{self, ApiState};
 use crate::bmc::guard::GuardPolicy;
 use crate::bmc::registry::{Drivers, Registry, run_power_sync};
+use crate::conductor::deploy::DeployWorkflow;
 use crate::conductor::{BmcProvisioner, Conductor};
+use crate::images::ImageCatalog;
 use crate::store::Store;
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -82,6 +85,7 @@ pub async fn run(
     database_url: Option<String>,
     boot: &super::boot::BootOptions,
     power_sync: &PowerSyncOptions,
+    deploy: &super::deploy::DeployOptions,
 ) -> Result<()> {
     init_logging(settings);
     let data_dir = &settings.data_dir;
@@ -107,10 +111,30 @@ pub async fn run(
         ..GuardPolicy::default()
     };
     let bmcs = Arc::new(Registry::new(Arc::new(Drivers), policy));
+    let boot_plan = super::boot::plan(boot, data_dir)?;
+    // The appliance CA issues each node's Docker server certificate (delivered on its config drive).
+    let ca = Arc::new(
+        crate::ca::CertificateAuthority::load_or_create(&data_dir.join("ca"))
+            .context("cannot create the appliance CA")?,
+    );
+    let workflow = boot_plan.as_ref().map(|plan| {
+        Arc::new(DeployWorkflow {
+            store: store.clone(),
+            registry: Arc::clone(&bmcs),
+            images: ImageCatalog {
+                dir: plan.images_dir(),
+                url_base: Some(format!("{}/files/images", plan.http_base)),
+                default: deploy.default_image.clone(),
+            },
+            limits: deploy.limits(),
+            os_ports: vec![2376, 22],
+        })
+    });
     let conductor = Conductor::new(
         store.clone(),
         Arc::new(BmcProvisioner {
             registry: Arc::clone(&bmcs),
+            deploy: workflow,
         }),
     );
     let shutdown = CancellationToken::new();
@@ -139,7 +163,14 @@ pub async fn run(
     std::fs::write(data_dir.join(API_URL_FILE), format!("http://{bound}\n"))
         .context("cannot record the API address")?;
     tracing::info!(address = %bound, "kiln API listening");
-    super::boot::start(boot, data_dir, bound.port(), &store, &mut tasks, &shutdown).await?;
+    if let Some(plan) = &boot_plan {
+        let agent_api = crate::api::agent::router(AgentApiState {
+            conductor: conductor.clone(),
+            ca: Some(Arc::clone(&ca)),
+            heartbeat_secs: deploy.agent_heartbeat.max(1),
+        });
+        super::boot::start(plan, boot, &store, agent_api, &mut tasks, &shutdown).await?;
+    }
 
     let app = api::router(ApiState {
         conductor,

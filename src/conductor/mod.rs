@@ -5,6 +5,8 @@
 //! answer to the pure state machine. Both paths write through `Store::record_transition`, which
 //! refuses a move if the node changed underneath, and every move lands in the history table.
 
+pub mod config_drive;
+pub mod deploy;
 mod provisioner;
 
 pub use provisioner::{BasicProvisioner, BmcProvisioner, Outcome, Provisioner};
@@ -30,7 +32,11 @@ pub struct Conductor {
     provisioner: Arc<dyn Provisioner>,
     wake: Arc<Notify>,
     tick: Duration,
+    waiting: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>>,
 }
+
+/// Nodes advanced at once in one pass.
+const PARALLEL_ADVANCES: usize = 64;
 
 impl Conductor {
     pub fn new(store: Store, provisioner: Arc<dyn Provisioner>) -> Self {
@@ -39,6 +45,7 @@ impl Conductor {
             provisioner,
             wake: Arc::new(Notify::new()),
             tick: Duration::from_secs(1),
+            waiting: Arc::default(),
         }
     }
 
@@ -52,6 +59,10 @@ impl Conductor {
         let from = node.provision_state;
         let input = Input::Verb(verb);
         let step = next(node.provision_state, node.target_provision_state, input)?;
+        if matches!(verb, Verb::Deploy | Verb::Rebuild) {
+            // A new attempt starts from scratch: power cycle, fresh token, new command.
+            self.store.clear_deployment(node.uuid).await?;
+        }
         let reason = format!("operator requested {verb}");
         let node = self
             .store
@@ -62,41 +73,84 @@ impl Conductor {
         Ok(node)
     }
 
-    /// Advances every node in a transient state once. Returns how many nodes moved.
+    /// Advances every node in a transient state once, up to `PARALLEL_ADVANCES` nodes at a time
+    /// (BMC calls and OS probes take seconds; nodes must not wait for each other). Returns how
+    /// many nodes moved. A node whose step fails is logged and retried on the next pass.
     pub async fn reconcile_once(&self) -> Result<usize, ConductorError> {
-        let mut moved = 0;
-        for node in self.store.list_nodes().await? {
-            if !node.provision_state.is_transient() {
-                continue;
-            }
-            let outcome = self.provisioner.advance(&node).await;
-            let (event, reason, error) = match outcome {
-                Outcome::Wait { reason } => {
-                    tracing::debug!(node = %node.spec.name, state = %node.provision_state, %reason, "waiting");
-                    continue;
+        use futures::StreamExt;
+        let nodes: Vec<Node> = self
+            .store
+            .list_nodes()
+            .await?
+            .into_iter()
+            .filter(|node| node.provision_state.is_transient())
+            .collect();
+        let moved = futures::stream::iter(nodes)
+            .map(|node| async move {
+                match self.advance(&node).await {
+                    Ok(moved) => moved,
+                    Err(err) => {
+                        tracing::warn!(node = %node.spec.name, error = %err, "conductor step failed");
+                        false
+                    }
                 }
-                Outcome::Done { reason } => (Event::Done, reason, None),
-                Outcome::Waiting { reason } => (Event::Wait, reason, None),
-                Outcome::Resumed { reason } => (Event::Resume, reason, None),
-                Outcome::Failed { reason } => (Event::Fail, reason.clone(), Some(reason)),
-            };
-            let input = Input::Event(event);
-            let step = next(node.provision_state, node.target_provision_state, input)?;
-            match self
-                .store
-                .record_transition(&node, step, input, &reason, error.as_deref())
-                .await
-            {
-                Ok(_) => {
-                    tracing::info!(node = %node.spec.name, from = %node.provision_state, to = %step.to, %reason, "provision state changed");
-                    moved += 1;
-                }
-                // An operator (abort) got there first; the next pass sees the new state.
-                Err(StoreError::StateChanged { .. }) => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
+            })
+            .buffer_unordered(PARALLEL_ADVANCES)
+            .filter(|moved| std::future::ready(*moved))
+            .count()
+            .await;
         Ok(moved)
+    }
+
+    async fn advance(&self, node: &Node) -> Result<bool, ConductorError> {
+        let outcome = self.provisioner.advance(node).await;
+        let (event, reason, error) = match outcome {
+            Outcome::Wait { reason } => {
+                tracing::debug!(node = %node.spec.name, state = %node.provision_state, %reason, "waiting");
+                self.note_waiting(node, reason);
+                return Ok(false);
+            }
+            Outcome::Done { reason } => (Event::Done, reason, None),
+            Outcome::Waiting { reason } => (Event::Wait, reason, None),
+            Outcome::Resumed { reason } => (Event::Resume, reason, None),
+            Outcome::Failed { reason } => (Event::Fail, reason.clone(), Some(reason)),
+        };
+        let input = Input::Event(event);
+        let step = next(node.provision_state, node.target_provision_state, input)?;
+        match self
+            .store
+            .record_transition(node, step, input, &reason, error.as_deref())
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(node = %node.spec.name, from = %node.provision_state, to = %step.to, %reason, "provision state changed");
+                self.waiting.lock().map(|mut w| w.remove(&node.uuid)).ok();
+                Ok(true)
+            }
+            // An operator (abort) got there first; the next pass sees the new state.
+            Err(StoreError::StateChanged { .. }) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Remembers why a node is waiting, for `kiln node show` (not stored: it changes every pass).
+    fn note_waiting(&self, node: &Node, reason: String) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(node.uuid, reason);
+        }
+    }
+
+    /// Why a node in a transient state is waiting, as of the last pass.
+    pub fn waiting_reason(&self, node: &Node) -> Option<String> {
+        if !node.provision_state.is_transient() {
+            return None;
+        }
+        self.waiting.lock().ok()?.get(&node.uuid).cloned()
+    }
+
+    /// Wakes the loop now (an agent called back, a verb arrived).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Runs until `shutdown`: a pass on every tick and whenever a verb wakes it.

@@ -62,16 +62,23 @@ impl Provisioner for BasicProvisioner {
 
 /// The provisioner with real BMCs: verification reads the power state through the node's BMC
 /// (so wrong credentials or an unreachable BMC fail `manage` with a plain reason, as in Ironic),
-/// tear-down powers the node off, cleaning has no steps yet, and deploys wait for the deploy
-/// workflow.
+/// tear-down powers the node off, cleaning has no steps yet, and deploys run the deploy workflow
+/// ([`super::deploy`]) when the boot services are configured.
 pub struct BmcProvisioner {
     pub registry: std::sync::Arc<crate::bmc::registry::Registry>,
+    /// The deploy workflow; without it deploys wait with a reason (no boot services configured).
+    pub deploy: Option<std::sync::Arc<super::deploy::DeployWorkflow>>,
 }
 
 #[async_trait::async_trait]
 impl Provisioner for BmcProvisioner {
     async fn advance(&self, node: &Node) -> Outcome {
         use crate::bmc::{Bmc, PowerAction};
+        if let (ProvisionState::Deploying | ProvisionState::WaitCallback, Some(deploy)) =
+            (node.provision_state, &self.deploy)
+        {
+            return deploy.advance(node).await;
+        }
         let bmc = match self.registry.for_node(node).await {
             Ok(bmc) => bmc,
             Err(err) => {

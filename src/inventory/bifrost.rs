@@ -368,12 +368,12 @@ fn read_instance_info(reader: &mut Reader, node: &Node, path: &str) -> Option<Im
     let map = reader.map(node, path, INSTANCE_INFO)?;
     let source = reader
         .required(&map, "image_source")
-        .and_then(|n| reader.url(n, &map.child("image_source"), &["http", "https", "file"]));
+        .and_then(|n| fields::image_source(reader, n, &map.child("image_source")));
     let checksum = optional(map.get("image_checksum"), |n| {
         fields::checksum(reader, n, &map.child("image_checksum"))
     });
     Some(ImageSpec {
-        source: source?.to_string(),
+        source: source?,
         checksum: checksum?,
     })
 }

@@ -103,3 +103,30 @@ pub fn roles_and_groups(names: Vec<String>) -> (Vec<Role>, Vec<String>) {
     }
     (roles, groups)
 }
+
+/// An image source: a name from the appliance's image catalog (`kiln image list`), or an
+/// `http(s)://` / `file://` URL of a raw (optionally `.zst`) image.
+pub fn image_source(reader: &mut Reader, node: &Node, path: &str) -> Option<String> {
+    let text = reader.string(node, path)?;
+    if text.contains("://") {
+        return reader
+            .url(node, path, &["http", "https", "file"])
+            .map(|u| u.to_string());
+    }
+    let is_name = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if is_name {
+        Some(text)
+    } else {
+        reader.error(
+            node.pos,
+            path,
+            format!(
+                "'{text}' is neither an image catalog name (letters, digits, '.', '_', '-') nor an http(s)/file URL"
+            ),
+        );
+        None
+    }
+}

@@ -484,12 +484,12 @@ fn read_image(reader: &mut Reader, node: &Node, path: &str) -> Option<ImageSpec>
     let map = reader.map(node, path, IMAGE)?;
     let source = reader
         .required(&map, "source")
-        .and_then(|n| reader.url(n, &map.child("source"), &["http", "https", "file"]));
+        .and_then(|n| fields::image_source(reader, n, &map.child("source")));
     let checksum = optional(map.get("checksum"), |n| {
         fields::checksum(reader, n, &map.child("checksum"))
     });
     Some(ImageSpec {
-        source: source?.to_string(),
+        source: source?,
         checksum: checksum?,
     })
 }

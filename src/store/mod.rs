@@ -2,9 +2,11 @@
 //! or PostgreSQL (`postgres://` URL), through sqlx's Any driver with one migration set per dialect.
 
 mod boot;
+mod deploy;
 mod nodes;
 
 pub use boot::{Lease, LeaseChange, NodeEvent};
+pub use deploy::{DeployImage, DeployStep, Deployment, StoredInventory};
 pub use nodes::{EnrollReport, HistoryEntry, NodeChange};
 
 use sqlx::AnyPool;

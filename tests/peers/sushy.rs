@@ -42,8 +42,10 @@ pub const SYSTEM_B: FakeSystem = FakeSystem {
     mac: "52:54:00:4b:00:02",
 };
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct SushyOptions {
+    /// Run the emulator inside this network namespace (listening on its loopback).
+    pub netns: Option<String>,
     /// Put the Redfish SessionService shim (SESSION_SHIM below) in front of sushy-tools.
     pub sessions: bool,
     /// Serve HTTPS with a certificate from a throwaway CA (`Sushy::ca_file`).
@@ -61,6 +63,7 @@ pub struct Sushy {
     pub base_url: String,
     pub ca_file: Option<PathBuf>,
     log: PathBuf,
+    netns: Option<String>,
 }
 
 /// Creates the venv once per machine: built in a staging folder and renamed into place, so
@@ -175,7 +178,11 @@ impl Sushy {
         .unwrap();
 
         let port = free_port();
-        let mut argv: Vec<String> = if options.sessions {
+        let mut argv: Vec<String> = match &options.netns {
+            Some(ns) => vec!["ip".into(), "netns".into(), "exec".into(), ns.clone()],
+            None => Vec::new(),
+        };
+        argv.extend(if options.sessions {
             let shim = dir.path().join("session_shim.py");
             fs::write(&shim, SESSION_SHIM).unwrap();
             vec![path_str(&venv.join("bin/python")), path_str(&shim)]
@@ -186,7 +193,7 @@ impl Sushy {
                 "-m".into(),
                 "sushy_tools.emulator.main".into(),
             ]
-        };
+        });
         argv.extend(["--config".into(), path_str(&config)]);
         argv.extend([
             "-i".into(),
@@ -233,6 +240,7 @@ wait "$child""#,
             base_url: format!("{scheme}://127.0.0.1:{port}"),
             ca_file,
             log,
+            netns: options.netns.clone(),
         };
         sushy.wait_until_listening();
         sushy
@@ -242,7 +250,7 @@ wait "$child""#,
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if self.can_connect(addr) {
                 return;
             }
             if let Ok(Some(status)) = self.watchdog.try_wait() {
@@ -255,6 +263,23 @@ wait "$child""#,
             self.port,
             self.log()
         );
+    }
+
+    /// Connects from the emulator's namespace (a thread that entered it) or this one.
+    fn can_connect(&self, addr: SocketAddr) -> bool {
+        let Some(ns) = self.netns.clone() else {
+            return TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+        };
+        std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            let Ok(file) = fs::File::open(format!("/run/netns/{ns}")) else {
+                return false;
+            };
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })
+        .join()
+        .unwrap_or(false)
     }
 
     /// What the emulator printed so far (werkzeug logs one line per request).
