@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# Kiln's main job on the embedded default, as far as it exists today: a virtual rack of two QEMU
-# VMs (TCG) behind `kiln vbmc` Redfish BMCs, in a network namespace this script creates. Kiln
-# enrolls them, verifies each BMC, sets one-time PXE, powers them on, and each VM network-boots
-# from Kiln's own DHCP/TFTP/HTTP into its per-node iPXE script; then the node table, boot events
-# and timeline are shown and everything is powered off and removed.
-# (Imaging and containers arrive with the provisioning and deployer issues; `kiln lab demo` will
-# replace this script.)
+# Kiln's main job on the embedded default: a virtual rack of two QEMU VMs (TCG, one BIOS, one
+# UEFI) behind `kiln vbmc` Redfish BMCs, in a network namespace this script creates. Kiln builds
+# (or reuses, cached) its deploy ramdisk and Debian 12 image, enrolls the rack, verifies each BMC,
+# and deploys both nodes: PXE → ramdisk → image + config drive → reboot from disk → Debian with
+# the inventory's hostname and a Docker Engine that accepts only Kiln's client certificate.
+# Then the node table, one node's timeline and `docker info` over mutual TLS are shown, and
+# everything is powered off and removed. (Containers on top arrive with `kiln lab demo`.)
+# First run on a fresh machine: ~3 min to build the images, then ~3 min to deploy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -e /usr/lib/ipxe/undionly.kpxe ] || need+=(ipxe)
 command -v ip >/dev/null || need+=(iproute2)
+[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+command -v curl >/dev/null || need+=(curl)
+for tool in debootstrap:debootstrap mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk zstd:zstd cpio:cpio; do
+    command -v "${tool%%:*}" >/dev/null || need+=("${tool##*:}")
+done
 if ((${#need[@]})); then
     made=0
     [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; }
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     [ "$made" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
-cargo build --locked --quiet --bin kiln
+cargo build --locked --quiet --bins
 kiln=$PWD/target/debug/kiln
+files=/var/cache/kiln-images/files
+echo "== images: deploy ramdisk and Debian 12 (cached under $files)"
+"$kiln" image build ramdisk --files-root "$files" --recipes images --agent target/debug/kiln-agent
+"$kiln" image build os --files-root "$files" --recipes images
 
 ns=kiln-demo-$$
 work=$(mktemp -d /tmp/kiln-demo.XXXXXX)
@@ -42,52 +52,67 @@ for i in 1 2; do
     ip -n "$ns" tuntap add dev "tap$i" mode tap
     ip -n "$ns" link set "tap$i" master br0 up
 done
+for i in 1 2; do truncate -s 4G "$work/rack-0$i.raw"; done
 cat > "$work/vbmc.yaml" <<YAML
 redfish_listen: 127.0.0.1:8000
 username: admin
 password: demo-password
 state_dir: $work/vbmc
 vms:
-  - {name: rack-01, mac: "52:54:00:66:00:01", tap: tap1, memory_mb: 256}
-  - {name: rack-02, mac: "52:54:00:66:00:02", tap: tap2, memory_mb: 256}
+  - {name: rack-01, mac: "52:54:00:66:00:01", tap: tap1, disk: $work/rack-01.raw, memory_mb: 1024, uefi: false}
+  - {name: rack-02, mac: "52:54:00:66:00:02", tap: tap2, disk: $work/rack-02.raw, memory_mb: 1024, uefi: true}
 YAML
 cat > "$work/rack.yaml" <<YAML
 defaults:
   bmc: {kind: redfish, address: "http://127.0.0.1:8000", username: admin, password: demo-password}
-  boot_mode: bios
+  image: {source: debian-12}
 nodes:
-  - {name: rack-01, bmc: {system_id: rack-01}, nics: [{mac: "52:54:00:66:00:01"}], network: {address: 10.66.0.11, prefix: 24}, roles: [control]}
-  - {name: rack-02, bmc: {system_id: rack-02}, nics: [{mac: "52:54:00:66:00:02"}], network: {address: 10.66.0.12, prefix: 24}, roles: [compute]}
+  - {name: rack-01, bmc: {system_id: rack-01}, nics: [{mac: "52:54:00:66:00:01"}], boot_mode: bios, network: {address: 10.66.0.11, prefix: 24}, roles: [control]}
+  - {name: rack-02, bmc: {system_id: rack-02}, nics: [{mac: "52:54:00:66:00:02"}], boot_mode: uefi, network: {address: 10.66.0.12, prefix: 24}, roles: [compute]}
 YAML
 
 ip netns exec "$ns" "$kiln" vbmc --config "$work/vbmc.yaml" 2>"$work/vbmc.log" &
 pids+=($!)
 ip netns exec "$ns" "$kiln" --data-dir "$work/data" serve --listen 127.0.0.1:6385 \
-    --boot-interface br0 2>"$work/daemon.log" &
+    --boot-interface br0 --files-root "$files" 2>"$work/daemon.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "DHCP serving" "$work/daemon.log" 2>/dev/null && break; sleep 0.1; done
 
 k() { echo "+ kiln $*"; ip netns exec "$ns" "$kiln" --data-dir "$work/data" "$@"; }
+state() { ip netns exec "$ns" "$kiln" --data-dir "$work/data" --json node show "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["provision_state"])'; }
+wait_for() {
+    local want=$1 limit=$2
+    for _ in $(seq "$limit"); do
+        [ "$(state rack-01)" = "$want" ] && [ "$(state rack-02)" = "$want" ] && return 0
+        sleep 1
+    done
+    echo "nodes did not reach $want"; k node list; tail -30 "$work/daemon.log"; exit 1
+}
 k inventory check "$work/rack.yaml"
 k enroll "$work/rack.yaml"
 k node manage rack-01 rack-02
-for _ in $(seq 100); do
-    [ "$(ip netns exec "$ns" "$kiln" --data-dir "$work/data" node list | grep -c manageable)" = 2 ] && break; sleep 0.2
-done
+wait_for manageable 60
 k node provide rack-01 rack-02
-sleep 1.5
-for node in rack-01 rack-02; do
-    k node boot-device "$node" pxe
-    k node power "$node" on
+wait_for available 60
+start=$(date +%s)
+k node deploy rack-01 rack-02
+echo "== deploying (progress every 20 s)"
+for _ in $(seq 60); do
+    k node list | grep rack- || true
+    [ "$(state rack-01)" = active ] && [ "$(state rack-02)" = active ] && break
+    case "$(state rack-01) $(state rack-02)" in *deploy-failed*) k node list; exit 1 ;; esac
+    sleep 20
 done
-echo "== waiting for both VMs to boot their own iPXE script from Kiln"
-for node in rack-01 rack-02; do
-    for _ in $(seq 600); do grep -q "Kiln: $node" "$work/vbmc/$node.serial.log" 2>/dev/null && break; sleep 0.2; done
-    grep -a "Kiln: $node" "$work/vbmc/$node.serial.log" | head -2 | tr -d '\r'
-done
+wait_for active 5
+echo "== both nodes active $(( $(date +%s) - start )) s after 'kiln node deploy'"
 k node list
-k node events rack-01
-k dhcp leases
+k node show rack-02
 k node history rack-01
+echo "== Docker Engine on each node over mutual TLS, with Kiln's CA client certificate"
+ca=$work/data/ca
+for i in 1 2; do
+    ip netns exec "$ns" curl -sS --max-time 20 --cacert "$ca/ca.pem" --cert "$ca/client.pem" --key "$ca/client-key.pem" \
+        "https://10.66.0.1$i:2376/info" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"  {d[\"Name\"]}: {d[\"OperatingSystem\"]}, Docker {d[\"ServerVersion\"]}")'
+done
 for node in rack-01 rack-02; do k node power "$node" off; done
-echo "demo finished: both VMs PXE-booted from Kiln through their (virtual) BMCs"
+echo "demo finished: both VMs were provisioned by Kiln through their (virtual) BMCs"

@@ -25,6 +25,10 @@ pub struct ImageRecord {
     pub sha256: String,
     #[serde(default)]
     pub built_at: Option<String>,
+    /// TCP ports that prove a node booted this image is up, in order (e.g. `[2376]` for an image
+    /// whose Docker Engine must answer); empty: the daemon's default (2376, then 22).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_ports: Vec<u16>,
 }
 
 impl ImageRecord {
@@ -87,6 +91,7 @@ impl ImageCatalog {
                     url: spec.source.clone(),
                     checksum,
                     raw_size: None,
+                    ready_ports: Vec::new(),
                 })
             }
             Some(spec) => self.by_name(&spec.source),
@@ -117,6 +122,7 @@ impl ImageCatalog {
                 digest: record.sha256.clone(),
             }),
             raw_size: Some(record.raw_size),
+            ready_ports: record.ready_ports,
         })
     }
 }
@@ -242,6 +248,7 @@ pub fn import(dir: &Path, source: &Path, name: &str) -> Result<ImageRecord, Imag
             size,
             sha256,
             built_at: None,
+            ready_ports: Vec::new(),
         };
         let final_path = dir.join(record.file_name());
         std::fs::rename(&zst_tmp, &final_path).map_err(|source| ImageError::Read {
@@ -344,6 +351,7 @@ mod tests {
             size: 300 << 20,
             sha256: "f".repeat(64),
             built_at: None,
+            ready_ports: vec![2376],
         };
         std::fs::write(
             dir.path().join("debian-12.json"),
@@ -367,6 +375,7 @@ mod tests {
             "http://10.0.0.1:8080/files/images/debian-12.raw.zst"
         );
         assert_eq!(image.raw_size, Some(3 << 30));
+        assert_eq!(image.ready_ports, [2376]);
         let named = ImageSpec {
             source: "nope".into(),
             checksum: None,

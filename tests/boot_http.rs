@@ -427,18 +427,12 @@ fn golden_scripts() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let settings = ScriptSettings::new("http://10.99.0.1:8080", "http://10.99.0.1:6385");
     let specs = kiln::inventory::parse("rack.yaml", RACK).unwrap().nodes;
-    let node = |index: usize, state| Node {
-        uuid: Uuid::from_u128(0x6b3e0a1e_0000_4000_8000_000000000001 + index as u128),
-        spec: specs[index].clone(),
-        provision_state: state,
-        target_provision_state: None,
-        services_status: Default::default(),
-        last_error: None,
-        created_at: 0,
-        updated_at: 0,
-        power_state: None,
-        bmc_error: None,
-        power_checked_at: None,
+    let node = |index: usize, state| {
+        Node::fresh(
+            Uuid::from_u128(0x6b3e0a1e_0000_4000_8000_000000000001 + index as u128),
+            specs[index].clone(),
+            state,
+        )
     };
     let mac = |index: usize| specs[index].nics[0].mac;
     let unknown: MacAddress = "52:54:00:99:99:99".parse().unwrap();

@@ -93,23 +93,7 @@ impl Rig {
 
     /// Runs `kiln` inside the lab namespace; returns (code, stdout, stderr).
     fn kiln(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.lab.server_ns,
-                env!("CARGO_BIN_EXE_kiln"),
-            ])
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        self.lab.kiln(&self.data(), args)
     }
 
     fn node(&self) -> serde_json::Value {

@@ -23,6 +23,16 @@ command -v ipmitool >/dev/null || need+=(ipmitool)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v openssl >/dev/null || need+=(openssl)
+# Image recipes (images/): the Debian OS image and the deploy ramdisk; qemu-img for imports.
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v mkfs.vfat >/dev/null || need+=(dosfstools)
+command -v mcopy >/dev/null || need+=(mtools)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v zstd >/dev/null || need+=(zstd)
+command -v cpio >/dev/null || need+=(cpio)
+command -v strip >/dev/null || need+=(binutils)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     # Keep package scripts from starting services (PostgreSQL's cluster): tests start their own.
@@ -37,4 +47,10 @@ fi
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+# The deploy ramdisk and Debian image for the end-to-end test, built once and cached by input hash
+# under /var/cache/kiln-images (a fresh machine: ~3 min, mostly debootstrap and apt).
+cargo build --locked --bins
+target/debug/kiln image build ramdisk --files-root /var/cache/kiln-images/files --recipes images \
+    --agent target/debug/kiln-agent
+target/debug/kiln image build os --files-root /var/cache/kiln-images/files --recipes images
 cargo test --locked --all-targets

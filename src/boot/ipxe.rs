@@ -239,19 +239,7 @@ mod tests {
             .ok()
             .flatten()
             .expect("test inventory parses");
-        Node {
-            uuid: Uuid::nil(),
-            spec,
-            provision_state: state,
-            target_provision_state: None,
-            services_status: Default::default(),
-            last_error: None,
-            created_at: 0,
-            updated_at: 0,
-            power_state: None,
-            bmc_error: None,
-            power_checked_at: None,
-        }
+        Node::fresh(Uuid::nil(), spec, state)
     }
 
     #[test]

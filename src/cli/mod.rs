@@ -77,7 +77,7 @@ enum Command {
         #[command(subcommand)]
         command: image::ImageCommand,
         /// The daemon's files root (default DATA_DIR/files).
-        #[arg(long, env = "KILN_FILES_ROOT")]
+        #[arg(long, env = "KILN_FILES_ROOT", global = true)]
         files_root: Option<PathBuf>,
     },
     /// Enroll (or update) the nodes of an inventory file, all or nothing.

@@ -117,6 +117,9 @@ pub async fn run(
         crate::ca::CertificateAuthority::load_or_create(&data_dir.join("ca"))
             .context("cannot create the appliance CA")?,
     );
+    // The deployer's client certificate (DATA_DIR/ca/client.pem), for Docker over mutual TLS.
+    ca.deployer_client()
+        .context("cannot issue the deployer's client certificate")?;
     let workflow = boot_plan.as_ref().map(|plan| {
         Arc::new(DeployWorkflow {
             store: store.clone(),

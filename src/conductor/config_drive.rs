@@ -57,7 +57,8 @@ pub fn files(node: &Node, tls: Option<&NodeTls>) -> Vec<ConfigDriveEntry> {
         }
         None => networkd.push_str("Name=en* eth*\n"),
     }
-    networkd.push_str("\n[Network]\n");
+    // No router advertisement comes on the provisioning network: don't wait ~12 s for one.
+    networkd.push_str("\n[Network]\nIPv6AcceptRA=no\n");
     match &spec.network {
         Some(net) => {
             v2.push_str(&format!(
@@ -82,7 +83,8 @@ pub fn files(node: &Node, tls: Option<&NodeTls>) -> Vec<ConfigDriveEntry> {
         }
         None => {
             v2.push_str("    dhcp4: true\n");
-            networkd.push_str("DHCP=ipv4\n");
+            // Identify by MAC: the machine-id (the default) changes with every deploy.
+            networkd.push_str("DHCP=ipv4\n\n[DHCPv4]\nClientIdentifier=mac\n");
         }
     }
     add("network-config", v2);
@@ -118,19 +120,11 @@ mod tests {
             .flatten()
             .expect("test inventory parses");
         spec.network = network;
-        Node {
-            uuid: uuid::Uuid::nil(),
+        Node::fresh(
+            uuid::Uuid::nil(),
             spec,
-            provision_state: crate::model::ProvisionState::Deploying,
-            target_provision_state: None,
-            services_status: Default::default(),
-            last_error: None,
-            created_at: 0,
-            updated_at: 0,
-            power_state: None,
-            bmc_error: None,
-            power_checked_at: None,
-        }
+            crate::model::ProvisionState::Deploying,
+        )
     }
 
     fn get<'a>(files: &'a [ConfigDriveEntry], path: &str) -> &'a str {
@@ -159,7 +153,7 @@ mod tests {
         assert_eq!(get(&files, "kiln/hostname"), "ctl-01\n");
         assert_eq!(
             get(&files, "kiln/network/10-kiln.network"),
-            "[Match]\nMACAddress=52:54:00:00:00:01\n\n[Network]\nAddress=10.99.0.11/24\nGateway=10.99.0.1\nDNS=10.99.0.1\n"
+            "[Match]\nMACAddress=52:54:00:00:00:01\n\n[Network]\nIPv6AcceptRA=no\nAddress=10.99.0.11/24\nGateway=10.99.0.1\nDNS=10.99.0.1\n"
         );
         assert!(get(&files, "network-config").contains("addresses: [\"10.99.0.11/24\"]"));
         assert_eq!(
@@ -178,7 +172,10 @@ mod tests {
     #[test]
     fn dhcp_without_an_inventory_address_and_no_tls_without_a_ca() {
         let files = files(&node(None), None);
-        assert!(get(&files, "kiln/network/10-kiln.network").ends_with("DHCP=ipv4\n"));
+        assert!(
+            get(&files, "kiln/network/10-kiln.network")
+                .ends_with("DHCP=ipv4\n\n[DHCPv4]\nClientIdentifier=mac\n")
+        );
         assert!(get(&files, "network-config").contains("dhcp4: true"));
         assert!(files.iter().all(|f| !f.path.starts_with("kiln/docker/")));
     }

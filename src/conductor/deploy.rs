@@ -287,7 +287,11 @@ impl DeployWorkflow {
                             .into(),
                     );
                 };
-                match self.probe(ip).await {
+                let ports = match record.as_ref().map(|r| &r.image.ready_ports) {
+                    Some(ports) if !ports.is_empty() => ports.clone(),
+                    _ => self.os_ports.clone(),
+                };
+                match self.probe(ip, &ports).await {
                     Some(port) => {
                         self.store
                             .clear_agent_token(uuid)
@@ -315,9 +319,9 @@ impl DeployWorkflow {
         }
     }
 
-    /// The first of `os_ports` accepting a TCP connection within a second.
-    async fn probe(&self, ip: IpAddr) -> Option<u16> {
-        for port in &self.os_ports {
+    /// The first of `ports` accepting a TCP connection within a second.
+    async fn probe(&self, ip: IpAddr, ports: &[u16]) -> Option<u16> {
+        for port in ports {
             let addr = SocketAddr::new(ip, *port);
             if let Ok(Ok(_)) =
                 tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
@@ -355,6 +359,7 @@ mod tests {
                 url: "http://k/i.raw.zst".into(),
                 checksum: None,
                 raw_size: None,
+                ready_ports: Vec::new(),
             },
             command_id: 0,
             command: None,

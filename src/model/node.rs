@@ -340,6 +340,26 @@ pub struct Node {
     pub power_checked_at: Option<i64>,
 }
 
+impl Node {
+    /// A node as first enrolled: no target, no error, no power reading, times zero (for tests and
+    /// previews; the store builds real rows).
+    pub fn fresh(uuid: Uuid, spec: NodeSpec, provision_state: ProvisionState) -> Node {
+        Node {
+            uuid,
+            spec,
+            provision_state,
+            target_provision_state: None,
+            services_status: ServicesStatus::default(),
+            last_error: None,
+            created_at: 0,
+            updated_at: 0,
+            power_state: None,
+            bmc_error: None,
+            power_checked_at: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

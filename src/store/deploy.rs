@@ -67,6 +67,9 @@ pub struct DeployImage {
     pub url: String,
     pub checksum: Option<ImageChecksum>,
     pub raw_size: Option<u64>,
+    /// Ports whose answer means the deployed OS is up; empty: the daemon's default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_ports: Vec<u16>,
 }
 
 /// One node's deploy record.

@@ -84,6 +84,23 @@ impl Lab {
         run("ip", &full)
     }
 
+    /// Runs `kiln --data-dir DATA ARGS` inside the server namespace, where a daemon started
+    /// there listens; returns (exit code, stdout, stderr).
+    pub fn kiln(&self, data: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns, env!("CARGO_BIN_EXE_kiln")])
+            .arg("--data-dir")
+            .arg(data)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A client namespace with `eth0` (the given MAC) cabled to the bridge.
     pub fn add_client(&mut self, mac: &str) -> String {
         self.links += 1;
