@@ -6,7 +6,8 @@
 //! Proves: token-less or wrong-token agent calls get 401; the inventory lands in `kiln node show`;
 //! a wrong checksum ends in `deploy-failed` naming the mismatch; `deploy` again succeeds, the
 //! written disk matches the image and carries a config drive; a daemon restart while the node is
-//! in `wait-callback` loses nothing.
+//! in `wait-callback` loses nothing; `undeploy` with `--clean-erase-metadata` wipes the disk's
+//! partition tables through the agent and ends `available`.
 
 mod common;
 #[path = "peers/sushy.rs"]
@@ -31,6 +32,8 @@ struct Rig {
     daemon: Option<ChildGuard>,
     _sushy: Sushy,
     image: Vec<u8>,
+    /// Extra `kiln serve` flags for the next start.
+    serve_flags: Vec<&'static str>,
 }
 
 impl Rig {
@@ -66,6 +69,7 @@ impl Rig {
             .arg(self.dir.path().join("files"))
             .args(["--agent-heartbeat", "1", "--deploy-os-timeout", "60"])
             .arg("--power-sync-interval=0")
+            .args(&self.serve_flags)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -259,6 +263,7 @@ fn rig() -> Rig {
         daemon: None,
         _sushy: sushy,
         image,
+        serve_flags: Vec::new(),
         lab,
         dir,
     };
@@ -410,6 +415,39 @@ fn deploy_workflow_with_the_real_agent() {
         &lookup,
     ]);
     assert_eq!(status, 401);
+
+    // Undeploy with metadata erase (Ironic's erase_devices_metadata): power off, then cleaning
+    // boots the ramdisk again and its agent wipes the disk's partition tables.
+    rig.serve_flags = vec!["--clean-erase-metadata"];
+    rig.stop_daemon();
+    rig.start_daemon();
+    assert_eq!(rig.kiln(&["node", "undeploy", "n1"]).0, 0);
+    rig.wait_state("clean-wait", Duration::from_secs(30));
+    let clean_cmdline = rig.deploy_cmdline();
+    let cleaner = rig.start_agent(&clean_cmdline, &disk);
+    rig.wait_state("available", Duration::from_secs(60));
+    drop(cleaner);
+    let wiped = std::fs::read(&disk).unwrap();
+    assert!(
+        wiped[..MIB].iter().all(|b| *b == 0),
+        "partition table not erased"
+    );
+    assert!(wiped[wiped.len() - MIB..].iter().all(|b| *b == 0));
+    let partx = Command::new("partx")
+        .args(["-g"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        partx.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&partx.stdout)
+    );
+    assert!(
+        rig.agent_log().contains("erased partition tables"),
+        "{}",
+        rig.agent_log()
+    );
 
     // The timeline tells the story.
     let (_, history, _) = rig.kiln(&["node", "history", "n1"]);

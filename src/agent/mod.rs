@@ -8,3 +8,4 @@ pub mod image;
 pub mod inventory;
 pub mod protocol;
 pub mod runner;
+pub mod wipe;

@@ -132,7 +132,7 @@ async fn report_result(client: &AgentClient, result: &CommandResult) {
 async fn execute(client: &Arc<AgentClient>, env: &AgentEnv, command: &Command) -> CommandResult {
     let outcome = match &command.action {
         Action::Deploy(deploy) => run_deploy(client, env, command.id, deploy).await,
-        Action::Wipe => Err("wipe is not supported by this agent yet".to_string()),
+        Action::Wipe => run_wipe(env).await,
     };
     match outcome {
         Ok(detail) => CommandResult {
@@ -146,6 +146,36 @@ async fn execute(client: &Arc<AgentClient>, env: &AgentEnv, command: &Command) -
             detail,
         },
     }
+}
+
+/// Erases partition tables and signatures on every fixed disk (or the test target).
+async fn run_wipe(env: &AgentEnv) -> Result<String, String> {
+    let targets: Vec<PathBuf> = match &env.target_override {
+        Some(target) => vec![target.clone()],
+        None => disks::read_disks(&env.roots.sys_block)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|d| !d.removable)
+            .map(|d| d.path())
+            .collect(),
+    };
+    let mut done = Vec::new();
+    for target in targets {
+        let path = target.clone();
+        let size = tokio::task::spawn_blocking(move || super::wipe::erase_metadata(&path))
+            .await
+            .map_err(|e| format!("wipe task died: {e}"))?
+            .map_err(|e| chain(&e))?;
+        log(format!(
+            "erased partition tables and signatures on {}",
+            target.display()
+        ));
+        done.push(format!("{} ({} GiB)", target.display(), size >> 30));
+    }
+    if done.is_empty() {
+        return Err("no disk to wipe".into());
+    }
+    Ok(format!("erased disk metadata on {}", done.join(", ")))
 }
 
 async fn run_deploy(

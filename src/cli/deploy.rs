@@ -21,6 +21,10 @@ pub struct DeployOptions {
     /// Seconds from the reboot to disk until the OS must answer (SSH or Docker TLS port).
     #[arg(long, env = "KILN_DEPLOY_OS_TIMEOUT", default_value_t = 1800)]
     pub deploy_os_timeout: u64,
+    /// Cleaning (on `provide` and after `undeploy`) boots the ramdisk and erases every disk's
+    /// partition tables and signatures, like Ironic's erase_devices_metadata; else no clean steps.
+    #[arg(long, env = "KILN_CLEAN_ERASE_METADATA")]
+    pub clean_erase_metadata: bool,
     /// How often agents heartbeat, in seconds.
     #[arg(long, env = "KILN_AGENT_HEARTBEAT", default_value_t = 5)]
     pub agent_heartbeat: u64,

@@ -131,6 +131,7 @@ pub async fn run(
             },
             limits: deploy.limits(),
             os_ports: vec![2376, 22],
+            clean_erase_metadata: deploy.clean_erase_metadata,
         })
     });
     let conductor = Conductor::new(

@@ -1,5 +1,7 @@
 //! The deploy workflow: PXE + power cycle → agent calls back → image written → boot from disk →
-//! the OS answers → `active`.
+//! the OS answers → `active`. Cleaning with `--clean-erase-metadata` rides the same rails: PXE +
+//! power cycle → agent calls back → wipe command → power off → `available` (Ironic's
+//! `erase_devices_metadata` step, run on `provide` and after `undeploy`).
 //!
 //! [`decide`] is the whole policy as a pure function of the node's state, its stored deploy record
 //! and the clock, tested step by step; [`DeployWorkflow::advance`] carries a decision out (BMC
@@ -52,6 +54,10 @@ pub enum Decision {
     EnterWait,
     /// The agent called back: offer the deploy command, back to `deploying`.
     SendDeploy,
+    /// The agent called back during cleaning: offer the wipe command, back to `cleaning`.
+    SendWipe,
+    /// The wipe succeeded: power off, cleaning done.
+    PowerOffDone,
     /// A record ahead of the state (a restart between the two writes): resume `deploying`.
     Resume,
     /// The agent reported success: boot device disk, reboot.
@@ -77,7 +83,11 @@ pub fn decide(
     let Some(record) = record else {
         return Decision::Start;
     };
-    let waiting = state == ProvisionState::WaitCallback;
+    let waiting = matches!(
+        state,
+        ProvisionState::WaitCallback | ProvisionState::CleanWait
+    );
+    let cleaning = matches!(state, ProvisionState::Cleaning | ProvisionState::CleanWait);
     let elapsed = now - record.step_started_at;
     let over = |limit: Duration| elapsed > limit.as_millis() as i64;
     match record.step {
@@ -87,6 +97,7 @@ pub fn decide(
             limits.parallel
         )),
         DeployStep::WaitAgent if !waiting => Decision::EnterWait,
+        DeployStep::WaitAgent if record.agent_heard_since_step() && cleaning => Decision::SendWipe,
         DeployStep::WaitAgent if record.agent_heard_since_step() => Decision::SendDeploy,
         DeployStep::WaitAgent if over(limits.callback_timeout) => Decision::Fail(format!(
             "the deploy agent did not call back within {} s of power-on",
@@ -96,8 +107,11 @@ pub fn decide(
             "waiting for the deploy agent to call back ({} s since power-on)",
             secs(elapsed)
         )),
-        DeployStep::WriteImage | DeployStep::WaitOs if waiting => Decision::Resume,
-        DeployStep::WriteImage => match record.current_result() {
+        DeployStep::WriteImage | DeployStep::WaitOs | DeployStep::Wipe if waiting => {
+            Decision::Resume
+        }
+        DeployStep::WriteImage | DeployStep::Wipe => match record.current_result() {
+            Some(result) if result.ok && record.step == DeployStep::Wipe => Decision::PowerOffDone,
             Some(result) if result.ok => Decision::BootDisk,
             Some(result) => Decision::Fail(format!("agent: {}", result.detail)),
             None => {
@@ -108,9 +122,12 @@ pub fn decide(
                 let silent = now - last;
                 if silent > limits.agent_silence.as_millis() as i64 {
                     Decision::Fail(format!(
-                        "the agent has been silent for {} s while writing the image",
-                        secs(silent)
+                        "the agent has been silent for {} s while running its {} command",
+                        secs(silent),
+                        record.step
                     ))
+                } else if record.step == DeployStep::Wipe {
+                    Decision::Wait("agent is erasing disk metadata".into())
                 } else {
                     Decision::Wait(match &record.progress {
                         Some(p) => describe_progress(p.done, p.total, p.rate),
@@ -154,6 +171,8 @@ pub struct DeployWorkflow {
     pub limits: DeployLimits,
     /// Ports that prove the deployed OS is up (Docker TLS, SSH).
     pub os_ports: Vec<u16>,
+    /// Cleaning boots the ramdisk and erases disk metadata (else cleaning has no steps).
+    pub clean_erase_metadata: bool,
 }
 
 impl DeployWorkflow {
@@ -184,17 +203,34 @@ impl DeployWorkflow {
         let uefi = node.spec.boot_mode == crate::model::BootMode::Uefi;
         match decision {
             Decision::Start => {
-                let image = self
-                    .images
-                    .resolve(node.spec.image.as_ref())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let cleaning = matches!(
+                    node.provision_state,
+                    ProvisionState::Cleaning | ProvisionState::CleanWait
+                );
+                let image = if cleaning {
+                    // Cleaning writes no image: the record only tracks the agent.
+                    crate::store::DeployImage {
+                        url: String::new(),
+                        checksum: None,
+                        raw_size: None,
+                        ready_ports: Vec::new(),
+                    }
+                } else {
+                    self.images
+                        .resolve(node.spec.image.as_ref())
+                        .await
+                        .map_err(|e| e.to_string())?
+                };
                 self.store
                     .start_deployment(uuid, DeployStep::Queued, &image)
                     .await
                     .map_err(store_err)?;
                 Ok(Outcome::Wait {
-                    reason: format!("deploy of {} queued", image.url),
+                    reason: if cleaning {
+                        "cleaning queued".into()
+                    } else {
+                        format!("deploy of {} queued", image.url)
+                    },
                 })
             }
             Decision::Launch => {
@@ -251,6 +287,37 @@ impl DeployWorkflow {
                         "agent called back; deploy command sent ({})",
                         record.image.url
                     ),
+                })
+            }
+            Decision::SendWipe => {
+                self.store
+                    .set_deploy_step(uuid, DeployStep::Wipe, Some(&Action::Wipe))
+                    .await
+                    .map_err(store_err)?;
+                Ok(Outcome::Resumed {
+                    reason: "agent called back; erasing disk metadata".into(),
+                })
+            }
+            Decision::PowerOffDone => {
+                let bmc = self
+                    .registry
+                    .for_node(node)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                bmc.power(PowerAction::Off)
+                    .await
+                    .map_err(|e| format!("cannot power off: {e}"))?;
+                self.store
+                    .clear_agent_token(uuid)
+                    .await
+                    .map_err(store_err)?;
+                self.store.clear_deployment(uuid).await.map_err(store_err)?;
+                let _ = self
+                    .store
+                    .record_event(uuid, "power", "disk metadata erased; powered off")
+                    .await;
+                Ok(Outcome::Done {
+                    reason: "disk metadata erased; powered off".into(),
                 })
             }
             Decision::Resume => Ok(Outcome::Resumed {
@@ -514,7 +581,12 @@ mod tests {
     fn every_step_and_state_has_a_decision_that_fits_the_state_machine() {
         // Outcomes only the state allows: `deploying` may wait/finish, `wait-callback` may resume.
         for step in DeployStep::ALL {
-            for state in [Deploying, WaitCallback] {
+            for state in [
+                Deploying,
+                WaitCallback,
+                ProvisionState::Cleaning,
+                ProvisionState::CleanWait,
+            ] {
                 for now in [T0, T0 + 10_000_000] {
                     for slot in [false, true] {
                         let d = decide(state, Some(&record(step)), now, &limits(), slot);
@@ -525,7 +597,10 @@ mod tests {
                             ) => {
                                 panic!("{d:?} from wait-callback at {step}")
                             }
-                            (Decision::SendDeploy | Decision::Resume, Deploying) => {
+                            (
+                                Decision::SendDeploy | Decision::SendWipe | Decision::Resume,
+                                Deploying,
+                            ) => {
                                 panic!("{d:?} from deploying at {step}")
                             }
                             _ => {}
@@ -534,6 +609,55 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cleaning_wipes_then_powers_off() {
+        use ProvisionState::{CleanWait, Cleaning};
+        let mut r = record(DeployStep::WaitAgent);
+        assert_eq!(
+            decide(Cleaning, Some(&r), T0, &limits(), true),
+            Decision::EnterWait
+        );
+        r.agent_seen_at = Some(T0 + 1);
+        assert_eq!(
+            decide(CleanWait, Some(&r), T0 + 2, &limits(), true),
+            Decision::SendWipe
+        );
+        // The same record while deploying sends the image instead.
+        assert_eq!(
+            decide(WaitCallback, Some(&r), T0 + 2, &limits(), true),
+            Decision::SendDeploy
+        );
+        let mut r = record(DeployStep::Wipe);
+        r.command_id = 1;
+        r.agent_seen_at = Some(T0);
+        assert_eq!(
+            decide(CleanWait, Some(&r), T0, &limits(), true),
+            Decision::Resume
+        );
+        assert!(matches!(
+            decide(Cleaning, Some(&r), T0 + 1_000, &limits(), true),
+            Decision::Wait(reason) if reason.contains("erasing")
+        ));
+        r.result = Some(CommandResult {
+            command_id: 1,
+            ok: true,
+            detail: "erased".into(),
+        });
+        assert_eq!(
+            decide(Cleaning, Some(&r), T0 + 1_000, &limits(), true),
+            Decision::PowerOffDone
+        );
+        r.result = Some(CommandResult {
+            command_id: 1,
+            ok: false,
+            detail: "cannot open /dev/vda".into(),
+        });
+        assert!(matches!(
+            decide(Cleaning, Some(&r), T0 + 1_000, &limits(), true),
+            Decision::Fail(reason) if reason == "agent: cannot open /dev/vda"
+        ));
     }
 
     #[test]

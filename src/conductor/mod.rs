@@ -11,7 +11,7 @@ mod provisioner;
 
 pub use provisioner::{BasicProvisioner, BmcProvisioner, Outcome, Provisioner};
 
-use crate::model::{Event, Input, InvalidTransition, Node, Verb, next};
+use crate::model::{Event, Input, InvalidTransition, Node, ProvisionState, Verb, next};
 use crate::store::{Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +33,18 @@ pub struct Conductor {
     wake: Arc<Notify>,
     tick: Duration,
     waiting: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>>,
+}
+
+/// Entering `deploying` or `cleaning` other than back from its wait state begins a new job whose
+/// deploy record must start empty (an old record could otherwise finish it at once).
+fn starts_agent_job(from: ProvisionState, to: ProvisionState) -> bool {
+    matches!(
+        (from, to),
+        (f, ProvisionState::Deploying) if f != ProvisionState::WaitCallback
+    ) || matches!(
+        (from, to),
+        (f, ProvisionState::Cleaning) if f != ProvisionState::CleanWait
+    )
 }
 
 /// Nodes advanced at once in one pass.
@@ -59,7 +71,7 @@ impl Conductor {
         let from = node.provision_state;
         let input = Input::Verb(verb);
         let step = next(node.provision_state, node.target_provision_state, input)?;
-        if matches!(verb, Verb::Deploy | Verb::Rebuild) {
+        if starts_agent_job(from, step.to) {
             // A new attempt starts from scratch: power cycle, fresh token, new command.
             self.store.clear_deployment(node.uuid).await?;
         }
@@ -117,6 +129,9 @@ impl Conductor {
         };
         let input = Input::Event(event);
         let step = next(node.provision_state, node.target_provision_state, input)?;
+        if starts_agent_job(node.provision_state, step.to) {
+            self.store.clear_deployment(node.uuid).await?;
+        }
         match self
             .store
             .record_transition(node, step, input, &reason, error.as_deref())

@@ -74,10 +74,15 @@ pub struct BmcProvisioner {
 impl Provisioner for BmcProvisioner {
     async fn advance(&self, node: &Node) -> Outcome {
         use crate::bmc::{Bmc, PowerAction};
-        if let (ProvisionState::Deploying | ProvisionState::WaitCallback, Some(deploy)) =
-            (node.provision_state, &self.deploy)
-        {
-            return deploy.advance(node).await;
+        if let Some(deploy) = &self.deploy {
+            let runs_agent = match node.provision_state {
+                ProvisionState::Deploying | ProvisionState::WaitCallback => true,
+                ProvisionState::Cleaning | ProvisionState::CleanWait => deploy.clean_erase_metadata,
+                _ => false,
+            };
+            if runs_agent {
+                return deploy.advance(node).await;
+            }
         }
         let bmc = match self.registry.for_node(node).await {
             Ok(bmc) => bmc,

@@ -1,4 +1,4 @@
-//! Deploy-workflow records: where each node's deploy stands, the agent's command and its answers,
+//! Deploy-workflow records (deploys, and cleanings that boot the ramdisk): where each node stands, the agent's command and its answers,
 //! and the hardware inventory the agent reported.
 //!
 //! The conductor owns `step` and the command; the agent API writes only what the agent said
@@ -25,14 +25,17 @@ pub enum DeployStep {
     WriteImage,
     /// Image written; boot device set to disk and the node rebooted; waiting for its OS.
     WaitOs,
+    /// Cleaning: the wipe command is offered to the agent (disk metadata erase).
+    Wipe,
 }
 
 impl DeployStep {
-    pub const ALL: [DeployStep; 4] = [
+    pub const ALL: [DeployStep; 5] = [
         Self::Queued,
         Self::WaitAgent,
         Self::WriteImage,
         Self::WaitOs,
+        Self::Wipe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl DeployStep {
             Self::WaitAgent => "wait-agent",
             Self::WriteImage => "write-image",
             Self::WaitOs => "wait-os",
+            Self::Wipe => "wipe",
         }
     }
 }
