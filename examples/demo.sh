@@ -112,7 +112,7 @@ echo "== Docker Engine on each node over mutual TLS, with Kiln's CA client certi
 ca=$work/data/ca
 for i in 1 2; do
     ip netns exec "$ns" curl -sS --max-time 20 --cacert "$ca/ca.pem" --cert "$ca/client.pem" --key "$ca/client-key.pem" \
-        "https://10.66.0.1$i:2376/info" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"  {d[\"Name\"]}: {d[\"OperatingSystem\"]}, Docker {d[\"ServerVersion\"]}")'
+        "https://10.66.0.1$i:2376/info" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("  " + d["Name"] + ": " + d["OperatingSystem"] + ", Docker " + d["ServerVersion"])'
 done
 for node in rack-01 rack-02; do k node power "$node" off; done
 echo "demo finished: both VMs were provisioned by Kiln through their (virtual) BMCs"
