@@ -94,11 +94,7 @@ impl Lab {
             .args(args)
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        super::exit_and_text(&out)
     }
 
     /// A client namespace with `eth0` (the given MAC) cabled to the bridge.
