@@ -7,6 +7,7 @@ pub mod boot;
 pub mod ca;
 pub mod cli;
 pub mod conductor;
+pub mod deployer;
 pub mod images;
 pub mod inventory;
 pub mod model;

@@ -7,6 +7,8 @@ mod deploy;
 mod image;
 mod output;
 mod serve;
+mod services;
+mod services_checks;
 
 use crate::model::Verb;
 use anyhow::{Context, Result, bail};
@@ -104,6 +106,25 @@ enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+    /// The container deployer (Kolla-ansible's commands): place the catalog's services on the
+    /// inventory's hosts and reconcile them on each host's Docker Engine. Runs locally.
+    Services {
+        #[command(subcommand)]
+        command: services::ServicesCommand,
+    },
+    /// Fill passwords.yaml with random secrets for every password the catalog needs (keeps
+    /// existing values; mode 0600; values are never printed).
+    Genpwd {
+        #[arg(
+            long,
+            env = "KILN_PASSWORDS",
+            default_value = "/etc/kiln/passwords.yaml"
+        )]
+        passwords: PathBuf,
+        /// A catalog directory instead of the built-in catalog.
+        #[arg(long, env = "KILN_CATALOG")]
+        catalog: Option<PathBuf>,
     },
 }
 
@@ -264,6 +285,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             image::run(command, &files_root, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Services { command } => services::run(command, &settings.data_dir, cli.json).await,
+        Command::Genpwd { passwords, catalog } => services::genpwd(&passwords, catalog.as_deref()),
         Command::Dhcp {
             command: DhcpCommand::Leases,
         } => {

@@ -207,6 +207,18 @@ pub enum Role {
     Monitoring,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Control => "control",
+            Self::Network => "network",
+            Self::Compute => "compute",
+            Self::Storage => "storage",
+            Self::Monitoring => "monitoring",
+        }
+    }
+}
+
 impl FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

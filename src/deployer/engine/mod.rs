@@ -1,0 +1,67 @@
+//! The narrow interface the deployer needs from a container engine: list what Kiln manages,
+//! create/start/stop/remove, pull, wait, tail logs. `docker` implements it with bollard (unix,
+//! TCP, mutual TLS, SSH); `sim` is an in-memory engine for tests and the rack simulator.
+
+pub mod docker;
+pub mod sim;
+
+use super::plan::Observed;
+use super::spec::ContainerSpec;
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker Engine at {endpoint}: {message}")]
+    Unreachable { endpoint: String, message: String },
+    #[error("{operation} {target}: {message}")]
+    Failed {
+        operation: &'static str,
+        target: String,
+        message: String,
+    },
+}
+
+impl EngineError {
+    pub fn failed(operation: &'static str, target: &str, err: impl std::fmt::Display) -> Self {
+        EngineError::Failed {
+            operation,
+            target: target.to_string(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// What prechecks want to know about an engine.
+#[derive(Clone, Debug)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+    /// The engine's clock, seconds since the epoch (for the skew check).
+    pub system_time: Option<i64>,
+    pub containers_running: i64,
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// For messages.
+    fn endpoint(&self) -> String;
+    async fn info(&self) -> Result<EngineInfo, EngineError>;
+    /// Every container carrying Kiln's managed label, running or not.
+    async fn list_managed(&self) -> Result<Vec<Observed>, EngineError>;
+    async fn inspect(&self, name: &str) -> Result<Option<Observed>, EngineError>;
+    /// The local image ID a reference resolves to, if the image is present.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
+    async fn pull(&self, image: &str) -> Result<(), EngineError>;
+    /// Creates the container (and its labelled named volumes) and uploads its files; does not
+    /// start it.
+    async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError>;
+    async fn start(&self, name: &str) -> Result<(), EngineError>;
+    async fn stop(&self, name: &str) -> Result<(), EngineError>;
+    /// Stops (if needed) and removes the container; absent is fine.
+    async fn remove(&self, name: &str) -> Result<(), EngineError>;
+    /// Waits for the container to exit; its exit code.
+    async fn wait(&self, name: &str) -> Result<i64, EngineError>;
+    async fn logs_tail(&self, name: &str, lines: usize) -> Result<Vec<String>, EngineError>;
+    /// Removes every volume carrying Kiln's managed label; their names.
+    async fn remove_managed_volumes(&self) -> Result<Vec<String>, EngineError>;
+}

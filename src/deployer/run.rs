@@ -1,0 +1,758 @@
+//! The reconciler: runs the rendered services against each host's engine as a dependency
+//! graph. Every service is its own task that starts as soon as the services it needs are
+//! healthy; within a service all hosts move at once (or in `serial` batches); nothing that is
+//! already as desired is touched.
+
+use super::engine::{Engine, EngineError};
+use super::plan::{
+    Action, BootstrapAction, Mode, Observed, Readiness, bootstrap_action, container_action,
+    readiness,
+};
+use super::render::RenderedService;
+use super::spec::ContainerSpec;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// Create what is missing, recreate what changed, start what stopped.
+    Deploy,
+    /// Pull every image first; recreate containers whose image changed; rerun bootstraps.
+    Upgrade,
+    Pull,
+    Stop,
+    /// Remove every Kiln container and volume.
+    Destroy,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    /// `--limit`: only these hosts.
+    pub hosts: Option<BTreeSet<String>>,
+    /// `--tags`: only these services.
+    pub services: Option<BTreeSet<String>>,
+}
+
+/// One line of live progress.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub at: Duration,
+    pub host: String,
+    pub service: String,
+    pub container: String,
+    pub message: String,
+}
+
+/// The final summary: one row per container touched or checked.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub host: String,
+    pub service: String,
+    pub container: String,
+    pub action: String,
+    pub result: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub host: String,
+    pub service: String,
+    pub container: String,
+    pub reason: String,
+    pub logs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub rows: Vec<Row>,
+    pub failures: Vec<Failure>,
+    /// Services not run because something they need failed: (service, reason).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty() && self.skipped.is_empty()
+    }
+}
+
+type Engines = BTreeMap<String, Arc<dyn Engine>>;
+
+/// Shared by the service tasks.
+struct Context {
+    engines: Engines,
+    observed: BTreeMap<String, HashMap<String, Observed>>,
+    operation: Operation,
+    started: Instant,
+    events: mpsc::UnboundedSender<Event>,
+    /// Image IDs resolved by the upgrade pull, per host and image.
+    pulled: BTreeMap<(String, String), String>,
+}
+
+impl Context {
+    fn event(&self, host: &str, service: &str, container: &str, message: impl Into<String>) {
+        let _ = self.events.send(Event {
+            at: self.started.elapsed(),
+            host: host.to_string(),
+            service: service.to_string(),
+            container: container.to_string(),
+            message: message.into(),
+        });
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Ready,
+    Failed(String),
+}
+
+pub async fn run(
+    services: Vec<RenderedService>,
+    engines: Engines,
+    operation: Operation,
+    filters: &Filters,
+    events: mpsc::UnboundedSender<Event>,
+) -> Outcome {
+    let started = Instant::now();
+    let services = apply_filters(services, filters);
+    let mut outcome = Outcome::default();
+
+    // One list call per host, all hosts at once: the whole observed state.
+    let hosts: BTreeSet<String> = services
+        .iter()
+        .flat_map(|s| s.hosts.iter().map(|(h, _)| h.clone()))
+        .chain(filtered_hosts(&engines, filters))
+        .collect();
+    let observations = futures::future::join_all(hosts.iter().map(|host| {
+        let engine = engines.get(host).cloned();
+        async move {
+            match engine {
+                Some(engine) => (host.clone(), engine.list_managed().await),
+                None => (
+                    host.clone(),
+                    Err(EngineError::Unreachable {
+                        endpoint: host.clone(),
+                        message: "no engine configured for this host".into(),
+                    }),
+                ),
+            }
+        }
+    }))
+    .await;
+    let mut observed = BTreeMap::new();
+    let mut unreachable = BTreeMap::new();
+    for (host, result) in observations {
+        match result {
+            Ok(list) => {
+                observed.insert(
+                    host,
+                    list.into_iter().map(|o| (o.name.clone(), o)).collect(),
+                );
+            }
+            Err(err) => {
+                unreachable.insert(host.clone(), err.to_string());
+                outcome.failures.push(Failure {
+                    host,
+                    service: "-".into(),
+                    container: "-".into(),
+                    reason: err.to_string(),
+                    logs: Vec::new(),
+                });
+            }
+        }
+    }
+    let mut context = Context {
+        engines,
+        observed,
+        operation,
+        started,
+        events,
+        pulled: BTreeMap::new(),
+    };
+    match operation {
+        Operation::Stop | Operation::Destroy => {
+            teardown(&context, &services, filters, &unreachable, &mut outcome).await;
+            return outcome;
+        }
+        Operation::Pull | Operation::Upgrade => {
+            pull_all(&mut context, &services, &unreachable, &mut outcome).await;
+            if operation == Operation::Pull || !outcome.failures.is_empty() {
+                return outcome;
+            }
+        }
+        Operation::Deploy => {}
+    }
+    converge(Arc::new(context), services, &unreachable, &mut outcome).await;
+    outcome
+}
+
+fn apply_filters(services: Vec<RenderedService>, filters: &Filters) -> Vec<RenderedService> {
+    services
+        .into_iter()
+        .filter(|s| {
+            filters
+                .services
+                .as_ref()
+                .is_none_or(|tags| tags.contains(&s.name))
+        })
+        .map(|mut s| {
+            if let Some(limit) = &filters.hosts {
+                s.hosts.retain(|(h, _)| limit.contains(h));
+                if s.bootstrap
+                    .as_ref()
+                    .is_some_and(|(h, _)| !limit.contains(h))
+                {
+                    s.bootstrap = None;
+                }
+            }
+            s
+        })
+        .filter(|s| !s.hosts.is_empty())
+        .collect()
+}
+
+fn filtered_hosts(engines: &Engines, filters: &Filters) -> Vec<String> {
+    engines
+        .keys()
+        .filter(|h| filters.hosts.as_ref().is_none_or(|l| l.contains(*h)))
+        .cloned()
+        .collect()
+}
+
+/// Each service a task; each waits on the watch channels of the services it needs.
+async fn converge(
+    context: Arc<Context>,
+    services: Vec<RenderedService>,
+    unreachable: &BTreeMap<String, String>,
+    outcome: &mut Outcome,
+) {
+    let mut senders = HashMap::new();
+    let mut receivers = HashMap::new();
+    for service in &services {
+        let (tx, rx) = watch::channel(Status::Pending);
+        senders.insert(service.name.clone(), tx);
+        receivers.insert(service.name.clone(), rx);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for service in services {
+        let needs: Vec<(String, watch::Receiver<Status>)> = service
+            .after
+            .iter()
+            .filter_map(|dep| receivers.get(dep).map(|rx| (dep.clone(), rx.clone())))
+            .collect();
+        let Some(done) = senders.remove(&service.name) else {
+            continue;
+        };
+        let context = context.clone();
+        let down: Vec<String> = service
+            .hosts
+            .iter()
+            .filter_map(|(h, _)| unreachable.get(h).map(|e| format!("{h}: {e}")))
+            .collect();
+        tasks.spawn(async move {
+            let mut result = ServiceResult {
+                service: service.name.clone(),
+                ..ServiceResult::default()
+            };
+            for (dep, mut rx) in needs {
+                let status = rx
+                    .wait_for(|s| *s != Status::Pending)
+                    .await
+                    .map(|s| s.clone())
+                    .unwrap_or(Status::Failed("its task ended".into()));
+                if let Status::Failed(_) = status {
+                    let reason = format!("not started: it needs {dep}, which failed");
+                    context.event("-", &service.name, "-", reason.clone());
+                    result.skipped = Some(reason.clone());
+                    let _ = done.send(Status::Failed(reason));
+                    return result;
+                }
+            }
+            if !down.is_empty() {
+                let reason = format!("host unreachable ({})", down.join("; "));
+                result.skipped = Some(reason.clone());
+                let _ = done.send(Status::Failed(reason));
+                return result;
+            }
+            converge_service(&context, &service, &mut result).await;
+            let status = match result.failures.first() {
+                Some(f) => Status::Failed(f.reason.clone()),
+                None => Status::Ready,
+            };
+            let _ = done.send(status);
+            result
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(result) => {
+                outcome.rows.extend(result.rows);
+                outcome.failures.extend(result.failures);
+                if let Some(reason) = result.skipped {
+                    outcome.skipped.push((result.service, reason));
+                }
+            }
+            Err(err) => outcome.failures.push(Failure {
+                host: "-".into(),
+                service: "-".into(),
+                container: "-".into(),
+                reason: format!("a service task crashed: {err}"),
+                logs: Vec::new(),
+            }),
+        }
+    }
+    outcome
+        .rows
+        .sort_by(|a, b| (&a.host, &a.service).cmp(&(&b.host, &b.service)));
+}
+
+#[derive(Default)]
+struct ServiceResult {
+    service: String,
+    rows: Vec<Row>,
+    failures: Vec<Failure>,
+    skipped: Option<String>,
+}
+
+async fn converge_service(
+    context: &Context,
+    service: &RenderedService,
+    result: &mut ServiceResult,
+) {
+    if let Some((host, containers)) = &service.bootstrap {
+        for spec in containers {
+            if let Err(failure) = run_bootstrap(context, host, spec, result).await {
+                result.failures.push(failure);
+                return;
+            }
+        }
+    }
+    let batch = service
+        .serial
+        .map_or(service.hosts.len(), |s| s.batch_size(service.hosts.len()));
+    for chunk in service.hosts.chunks(batch.max(1)) {
+        let outcomes = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|(host, containers)| converge_host(context, host, containers)),
+        )
+        .await;
+        for (rows, failure) in outcomes {
+            result.rows.extend(rows);
+            if let Some(failure) = failure {
+                result.failures.push(failure);
+            }
+        }
+        if !result.failures.is_empty() {
+            return; // a failed batch stops the roll-out, as Kolla's serial plays do
+        }
+    }
+}
+
+/// Brings one host's containers of one service to the desired state, then waits until they
+/// are ready. Rows for the summary, and the first failure.
+async fn converge_host(
+    context: &Context,
+    host: &str,
+    containers: &[ContainerSpec],
+) -> (Vec<Row>, Option<Failure>) {
+    let mut rows = Vec::new();
+    let Some(engine) = context.engines.get(host) else {
+        return (rows, None);
+    };
+    let empty = HashMap::new();
+    let observed = context.observed.get(host).unwrap_or(&empty);
+    for spec in containers {
+        let started = Instant::now();
+        let mode = Mode {
+            current_image_id: context
+                .pulled
+                .get(&(host.to_string(), spec.image.clone()))
+                .cloned(),
+        };
+        let action = container_action(spec, observed.get(&spec.name), &mode);
+        let applied = apply(context, engine.as_ref(), host, spec, &action).await;
+        let ready = match applied {
+            Ok(()) => {
+                wait_ready(
+                    context,
+                    engine.as_ref(),
+                    host,
+                    spec,
+                    observed.get(&spec.name),
+                    &action,
+                )
+                .await
+            }
+            Err(err) => Err(err.to_string()),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match ready {
+            Ok(result) => rows.push(Row {
+                host: host.to_string(),
+                service: spec.service.clone(),
+                container: spec.name.clone(),
+                action: action.verb().to_string(),
+                result,
+                seconds,
+            }),
+            Err(reason) => {
+                context.event(host, &spec.service, &spec.name, format!("FAILED: {reason}"));
+                rows.push(Row {
+                    host: host.to_string(),
+                    service: spec.service.clone(),
+                    container: spec.name.clone(),
+                    action: action.verb().to_string(),
+                    result: "failed".into(),
+                    seconds,
+                });
+                let logs = engine.logs_tail(&spec.name, 15).await.unwrap_or_default();
+                return (
+                    rows,
+                    Some(Failure {
+                        host: host.to_string(),
+                        service: spec.service.clone(),
+                        container: spec.name.clone(),
+                        reason,
+                        logs,
+                    }),
+                );
+            }
+        }
+    }
+    (rows, None)
+}
+
+async fn apply(
+    context: &Context,
+    engine: &dyn Engine,
+    host: &str,
+    spec: &ContainerSpec,
+    action: &Action,
+) -> Result<(), EngineError> {
+    let event = |message: String| context.event(host, &spec.service, &spec.name, message);
+    match action {
+        Action::Keep => Ok(()),
+        Action::Start => {
+            event("starting (stopped, spec unchanged)".into());
+            engine.start(&spec.name).await
+        }
+        Action::Create | Action::Recreate(_) => {
+            // The image is in place before the old container stops: a pull failure leaves the
+            // running service alone.
+            ensure_image(context, engine, host, spec).await?;
+            if let Action::Recreate(reason) = action {
+                event(format!("recreating ({reason})"));
+                engine.remove(&spec.name).await?;
+            } else {
+                event("creating".into());
+            }
+            engine.create(spec).await?;
+            engine.start(&spec.name).await
+        }
+    }
+}
+
+async fn ensure_image(
+    context: &Context,
+    engine: &dyn Engine,
+    host: &str,
+    spec: &ContainerSpec,
+) -> Result<(), EngineError> {
+    if engine.image_id(&spec.image).await?.is_none() {
+        context.event(
+            host,
+            &spec.service,
+            &spec.name,
+            format!("pulling {}", spec.image),
+        );
+        engine.pull(&spec.image).await?;
+    }
+    Ok(())
+}
+
+/// Ok(result word) once ready; Err(plain-words reason) otherwise.
+async fn wait_ready(
+    context: &Context,
+    engine: &dyn Engine,
+    host: &str,
+    spec: &ContainerSpec,
+    before: Option<&Observed>,
+    action: &Action,
+) -> Result<String, String> {
+    // Unchanged and ready: answer from the list call alone (the no-op fast path).
+    if let (Action::Keep, Some(observed)) = (action, before) {
+        match readiness(observed) {
+            Readiness::Ready => return Ok(ready_word(spec).into()),
+            Readiness::Failed(reason) => return Err(reason),
+            Readiness::NotYet => {}
+        }
+    }
+    let patience = Duration::from_secs(spec.healthcheck.as_ref().map_or(15, |h| h.patience_s()));
+    let deadline = Instant::now() + patience;
+    let mut last = String::from("it never reported its state");
+    while Instant::now() < deadline {
+        match engine.inspect(&spec.name).await {
+            Ok(Some(observed)) => match readiness(&observed) {
+                Readiness::Ready => {
+                    if action.changes() {
+                        context.event(host, &spec.service, &spec.name, ready_word(spec));
+                    }
+                    return Ok(ready_word(spec).into());
+                }
+                Readiness::Failed(reason) => return Err(reason),
+                Readiness::NotYet => last = "its healthcheck has not passed yet".into(),
+            },
+            Ok(None) => return Err("the container disappeared".into()),
+            Err(err) => last = err.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "not healthy after {} s: {last}",
+        patience.as_secs()
+    ))
+}
+
+fn ready_word(spec: &ContainerSpec) -> &'static str {
+    if spec.healthcheck.is_some() {
+        "healthy"
+    } else {
+        "running"
+    }
+}
+
+async fn run_bootstrap(
+    context: &Context,
+    host: &str,
+    spec: &ContainerSpec,
+    result: &mut ServiceResult,
+) -> Result<(), Failure> {
+    let failure = |reason: String, logs: Vec<String>| Failure {
+        host: host.to_string(),
+        service: spec.service.clone(),
+        container: spec.name.clone(),
+        reason,
+        logs,
+    };
+    let Some(engine) = context.engines.get(host) else {
+        return Err(failure("no engine for this host".into(), Vec::new()));
+    };
+    let observed = context.observed.get(host).and_then(|o| o.get(&spec.name));
+    let force = context.operation == Operation::Upgrade;
+    let started = Instant::now();
+    let action = bootstrap_action(spec, observed, force);
+    if action == BootstrapAction::Skip {
+        result
+            .rows
+            .push(row(host, spec, "bootstrap", "done before", started));
+        return Ok(());
+    }
+    let run = async {
+        if action == BootstrapAction::Run {
+            ensure_image(context, engine.as_ref(), host, spec).await?;
+            engine.remove(&spec.name).await?;
+            context.event(host, &spec.service, &spec.name, "bootstrap running");
+            engine.create(spec).await?;
+            engine.start(&spec.name).await?;
+        }
+        engine.wait(&spec.name).await
+    };
+    match run.await {
+        Ok(0) => {
+            context.event(host, &spec.service, &spec.name, "bootstrap done");
+            result
+                .rows
+                .push(row(host, spec, "bootstrap", "exited 0", started));
+            Ok(())
+        }
+        Ok(code) => {
+            let logs = engine.logs_tail(&spec.name, 15).await.unwrap_or_default();
+            result
+                .rows
+                .push(row(host, spec, "bootstrap", "failed", started));
+            Err(failure(format!("bootstrap exited with code {code}"), logs))
+        }
+        Err(err) => Err(failure(err.to_string(), Vec::new())),
+    }
+}
+
+fn row(host: &str, spec: &ContainerSpec, action: &str, result: &str, started: Instant) -> Row {
+    Row {
+        host: host.to_string(),
+        service: spec.service.clone(),
+        container: spec.name.clone(),
+        action: action.to_string(),
+        result: result.to_string(),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// `pull` and the first half of `upgrade`: every image on every host, all in parallel.
+async fn pull_all(
+    context: &mut Context,
+    services: &[RenderedService],
+    unreachable: &BTreeMap<String, String>,
+    outcome: &mut Outcome,
+) {
+    let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for service in services {
+        for (host, containers) in &service.hosts {
+            for spec in containers {
+                if !unreachable.contains_key(host) {
+                    wanted.insert((host.clone(), spec.image.clone(), service.name.clone()));
+                }
+            }
+        }
+    }
+    let ctx: &Context = context;
+    let pulls = futures::future::join_all(wanted.iter().map(|(host, image, service)| async move {
+        let started = Instant::now();
+        let Some(engine) = ctx.engines.get(host) else {
+            return (host, image, service, Err("no engine".to_string()), started);
+        };
+        ctx.event(host, service, "-", format!("pulling {image}"));
+        let result = match engine.pull(image).await {
+            Ok(()) => engine.image_id(image).await.map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        (host, image, service, result, started)
+    }))
+    .await;
+    let mut pulled = BTreeMap::new();
+    for (host, image, service, result, started) in pulls {
+        match result {
+            Ok(id) => {
+                outcome.rows.push(Row {
+                    host: host.clone(),
+                    service: service.clone(),
+                    container: image.clone(),
+                    action: "pull".into(),
+                    result: "pulled".into(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+                if let Some(id) = id {
+                    pulled.insert((host.clone(), image.clone()), id);
+                }
+            }
+            Err(reason) => outcome.failures.push(Failure {
+                host: host.clone(),
+                service: service.clone(),
+                container: image.clone(),
+                reason: format!("pull failed: {reason}"),
+                logs: Vec::new(),
+            }),
+        }
+    }
+    context.pulled = pulled;
+}
+
+/// `stop` and `destroy`: per host in parallel, services in reverse dependency order.
+async fn teardown(
+    context: &Context,
+    services: &[RenderedService],
+    filters: &Filters,
+    unreachable: &BTreeMap<String, String>,
+    outcome: &mut Outcome,
+) {
+    let destroy = context.operation == Operation::Destroy;
+    let hosts = filtered_hosts(&context.engines, filters);
+    let results =
+        futures::future::join_all(hosts.iter().filter(|h| !unreachable.contains_key(*h)).map(
+            |host| async move {
+                let mut rows = Vec::new();
+                let mut failures = Vec::new();
+                let Some(engine) = context.engines.get(host) else {
+                    return (rows, failures);
+                };
+                let observed = context.observed.get(host).cloned().unwrap_or_default();
+                // Catalog containers in reverse order first, then anything else Kiln labelled (only
+                // destroy removes those: stop touches only what the catalog names).
+                let mut names: Vec<(String, String)> = services
+                    .iter()
+                    .rev()
+                    .flat_map(|s| {
+                        let bootstrap = s.bootstrap.iter().flat_map(|(_, c)| c.iter());
+                        s.hosts
+                            .iter()
+                            .filter(|(h, _)| h == host)
+                            .flat_map(|(_, c)| c.iter())
+                            .chain(bootstrap)
+                            .map(|c| (c.service.clone(), c.name.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                    .filter(|(_, name)| observed.contains_key(name))
+                    .collect();
+                if destroy {
+                    for name in observed.keys() {
+                        if !names.iter().any(|(_, n)| n == name) {
+                            names.push(("-".into(), name.clone()));
+                        }
+                    }
+                }
+                for (service, name) in names {
+                    let started = Instant::now();
+                    let result = if destroy {
+                        engine.remove(&name).await
+                    } else {
+                        engine.stop(&name).await
+                    };
+                    let verb = if destroy { "removed" } else { "stopped" };
+                    match result {
+                        Ok(()) => {
+                            context.event(host, &service, &name, verb);
+                            rows.push(Row {
+                                host: host.clone(),
+                                service,
+                                container: name,
+                                action: if destroy { "destroy" } else { "stop" }.into(),
+                                result: verb.into(),
+                                seconds: started.elapsed().as_secs_f64(),
+                            });
+                        }
+                        Err(err) => failures.push(Failure {
+                            host: host.clone(),
+                            service,
+                            container: name,
+                            reason: err.to_string(),
+                            logs: Vec::new(),
+                        }),
+                    }
+                }
+                if destroy {
+                    match engine.remove_managed_volumes().await {
+                        Ok(volumes) => {
+                            for volume in volumes {
+                                rows.push(Row {
+                                    host: host.clone(),
+                                    service: "-".into(),
+                                    container: format!("volume {volume}"),
+                                    action: "destroy".into(),
+                                    result: "removed".into(),
+                                    seconds: 0.0,
+                                });
+                            }
+                        }
+                        Err(err) => failures.push(Failure {
+                            host: host.clone(),
+                            service: "-".into(),
+                            container: "volumes".into(),
+                            reason: err.to_string(),
+                            logs: Vec::new(),
+                        }),
+                    }
+                }
+                (rows, failures)
+            },
+        ))
+        .await;
+    for (rows, failures) in results {
+        outcome.rows.extend(rows);
+        outcome.failures.extend(failures);
+    }
+}

@@ -1,0 +1,282 @@
+//! The reconciler's decisions end to end against in-memory engines (pure logic; the real-Docker
+//! evidence is tests/services_dind.rs).
+
+use super::catalog::Catalog;
+use super::engine::Engine;
+use super::engine::sim::SimEngine;
+use super::globals::{Globals, Passwords};
+use super::hosts::{Host, parse_hosts};
+use super::render::render;
+use super::run::{Filters, Operation, Outcome, run};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const CATALOG: &str = r#"
+services:
+  db:
+    group: control
+    passwords: [db_password]
+    containers:
+      - name: db
+        image: "{{ docker_registry }}/test/db:1"
+        kolla: false
+        command: "serve-db"
+        volumes: ["dbdata:/data"]
+        healthcheck: {test: "true"}
+        config:
+          - {content: "password={{ db_password }}\nsize={{ db_size | default('1') }}\n", dest: /etc/db.conf}
+    bootstrap:
+      - {name: db_bootstrap, container: db}
+  api:
+    group: control
+    after: [db]
+    serial: "1"
+    containers:
+      - name: api
+        image: "{{ docker_registry }}/test/api:1"
+        kolla: false
+        command: "serve-api {{ api_interface_address }}"
+        healthcheck: {test: "true"}
+  agent:
+    group: compute
+    containers:
+      - name: agent
+        image: "{{ docker_registry }}/test/agent:{{ agent_tag | default('1') }}"
+        kolla: false
+"#;
+
+struct Rig {
+    catalog: Catalog,
+    hosts: Vec<Host>,
+    passwords: Passwords,
+    sims: BTreeMap<String, Arc<SimEngine>>,
+    _dir: tempfile::TempDir,
+}
+
+fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("catalog.yaml"), CATALOG).unwrap();
+    let catalog = Catalog::load_dir(dir.path()).unwrap();
+    let hosts = parse_hosts(
+        "hosts:\n\
+         - {name: n1, docker: 'tcp://10.0.0.1:2375', groups: [control]}\n\
+         - {name: n2, docker: 'tcp://10.0.0.2:2375', groups: [control, compute]}\n\
+         - {name: n3, docker: 'tcp://10.0.0.3:2375', groups: [control, compute]}\n",
+    )
+    .unwrap();
+    let path = dir.path().join("passwords.yaml");
+    Passwords::fill(&path, &catalog).unwrap();
+    let passwords = Passwords::load(&path).unwrap();
+    let sims = hosts
+        .iter()
+        .map(|h| (h.name.clone(), Arc::new(SimEngine::new(&h.name))))
+        .collect();
+    Rig {
+        catalog,
+        hosts,
+        passwords,
+        sims,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    async fn run(&self, globals: &Globals, operation: Operation) -> Outcome {
+        let rendered = render(&self.catalog, &self.hosts, globals, &self.passwords).unwrap();
+        let engines = self
+            .sims
+            .iter()
+            .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
+            .collect();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        run(rendered, engines, operation, &Filters::default(), tx).await
+    }
+
+    fn ids(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.sims
+            .iter()
+            .map(|(h, s)| (h.clone(), s.container_ids()))
+            .collect()
+    }
+
+    /// Every mutating engine call so far, per host.
+    fn mutations(&self) -> BTreeMap<String, Vec<String>> {
+        self.sims
+            .iter()
+            .map(|(h, s)| (h.clone(), s.calls()))
+            .collect()
+    }
+
+    /// Calls made since `before` (a `mutations()` snapshot), as "host: call".
+    fn since(&self, before: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+        self.mutations()
+            .into_iter()
+            .flat_map(|(h, calls)| {
+                let skip = before.get(&h).map_or(0, Vec::len);
+                calls
+                    .into_iter()
+                    .skip(skip)
+                    .map(move |c| format!("{h}: {c}"))
+            })
+            .collect()
+    }
+}
+
+fn globals() -> Globals {
+    Globals::load(None).unwrap()
+}
+
+#[tokio::test]
+async fn deploy_places_by_group_and_a_second_deploy_changes_nothing() {
+    let rig = rig();
+    let first = rig.run(&globals(), Operation::Deploy).await;
+    assert!(first.ok(), "{first:?}");
+    let ids = rig.ids();
+    assert_eq!(
+        ids["n1"].keys().collect::<Vec<_>>(),
+        ["api", "db", "db_bootstrap"]
+    );
+    assert_eq!(
+        ids["n2"].keys().collect::<Vec<_>>(),
+        ["agent", "api", "db"],
+        "bootstrap only on the first host"
+    );
+    let before = rig.mutations();
+    let second = rig.run(&globals(), Operation::Deploy).await;
+    assert!(second.ok(), "{second:?}");
+    assert_eq!(rig.ids(), ids, "same container IDs");
+    assert_eq!(rig.since(&before), Vec::<String>::new());
+    assert!(
+        second
+            .rows
+            .iter()
+            .all(|r| r.action == "unchanged" || r.action == "bootstrap")
+    );
+}
+
+#[tokio::test]
+async fn a_config_change_recreates_exactly_the_affected_containers() {
+    let rig = rig();
+    assert!(rig.run(&globals(), Operation::Deploy).await.ok());
+    let ids = rig.ids();
+    let before = rig.mutations();
+    let changed = globals().with("agent_tag", "2");
+    let outcome = rig.run(&changed, Operation::Deploy).await;
+    assert!(outcome.ok(), "{outcome:?}");
+    let after = rig.ids();
+    for host in ["n2", "n3"] {
+        assert_ne!(after[host]["agent"], ids[host]["agent"]);
+        assert_eq!(after[host]["db"], ids[host]["db"]);
+        assert_eq!(after[host]["api"], ids[host]["api"]);
+    }
+    assert_eq!(after["n1"], ids["n1"]);
+    let calls = rig.since(&before);
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.contains("pull") && c.contains("agent:2")),
+        "{calls:?}"
+    );
+    let recreated: Vec<_> = outcome
+        .rows
+        .iter()
+        .filter(|r| r.action == "recreated")
+        .collect();
+    assert_eq!(recreated.len(), 2);
+}
+
+#[tokio::test]
+async fn an_unhealthy_service_stops_its_dependents_and_is_named() {
+    let rig = rig();
+    rig.sims["n2"].fail("db");
+    let outcome = rig.run(&globals(), Operation::Deploy).await;
+    assert!(!outcome.ok());
+    let failure = &outcome.failures[0];
+    assert_eq!(
+        (failure.host.as_str(), failure.service.as_str()),
+        ("n2", "db")
+    );
+    assert!(failure.reason.contains("healthcheck"), "{}", failure.reason);
+    assert!(!failure.logs.is_empty());
+    assert!(
+        outcome
+            .skipped
+            .iter()
+            .any(|(s, r)| s == "api" && r.contains("needs db"))
+    );
+    assert!(
+        rig.ids().values().all(|c| !c.contains_key("api")),
+        "api never started"
+    );
+    // Independent services still ran.
+    assert!(rig.ids()["n3"].contains_key("agent"));
+}
+
+#[tokio::test]
+async fn a_failed_bootstrap_stops_the_service() {
+    let rig = rig();
+    rig.sims["n1"].fail("db_bootstrap");
+    let outcome = rig.run(&globals(), Operation::Deploy).await;
+    assert!(
+        outcome
+            .failures
+            .iter()
+            .any(|f| f.container == "db_bootstrap" && f.reason.contains("code 1"))
+    );
+    assert!(rig.ids().values().all(|c| !c.contains_key("db")));
+}
+
+#[tokio::test]
+async fn serial_services_roll_one_batch_at_a_time_and_stop_on_failure() {
+    let rig = rig();
+    assert!(rig.run(&globals(), Operation::Deploy).await.ok());
+    let ids = rig.ids();
+    // Same spec, but n1's api turns unhealthy once recreated: the roll-out stops there.
+    rig.sims["n1"].fail("api");
+    let mut changed = globals();
+    changed = changed.with("docker_registry", "other:5000");
+    let outcome = rig.run(&changed, Operation::Deploy).await;
+    assert!(!outcome.ok());
+    let after = rig.ids();
+    assert_ne!(
+        after["n1"]["api"], ids["n1"]["api"],
+        "first batch recreated"
+    );
+    assert_eq!(
+        after["n2"]["api"], ids["n2"]["api"],
+        "second batch never started"
+    );
+    assert_eq!(after["n3"]["api"], ids["n3"]["api"]);
+}
+
+#[tokio::test]
+async fn destroy_leaves_nothing_and_stop_keeps_containers() {
+    let rig = rig();
+    assert!(rig.run(&globals(), Operation::Deploy).await.ok());
+    assert!(rig.sims["n1"].volumes().contains("dbdata"));
+    let stopped = rig.run(&globals(), Operation::Stop).await;
+    assert!(stopped.ok());
+    assert_eq!(rig.ids()["n1"].len(), 3);
+    let destroyed = rig.run(&globals(), Operation::Destroy).await;
+    assert!(destroyed.ok(), "{destroyed:?}");
+    assert!(rig.ids().values().all(|c| c.is_empty()));
+    assert!(rig.sims.values().all(|s| s.volumes().is_empty()));
+}
+
+#[tokio::test]
+async fn upgrade_pulls_and_reruns_bootstrap() {
+    let rig = rig();
+    assert!(rig.run(&globals(), Operation::Deploy).await.ok());
+    let before = rig.mutations();
+    let outcome = rig.run(&globals(), Operation::Upgrade).await;
+    assert!(outcome.ok(), "{outcome:?}");
+    let calls = rig.since(&before);
+    assert!(
+        calls.iter().any(|c| c == "n1: create db_bootstrap"),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().filter(|c| c.contains(": pull ")).count() >= 7,
+        "{calls:?}"
+    );
+}
