@@ -25,12 +25,13 @@ use sushy::{PASSWORD, SYSTEM_A, Sushy, SushyOptions, USER};
 const MIB: usize = 1 << 20;
 const BOOT_HTTP_PORT: u16 = 8080;
 
+/// Fields drop in order: the daemon and sushy stop before their namespace and directory go.
 struct Rig {
+    daemon: Option<ChildGuard>,
+    _sushy: Sushy,
     lab: Lab,
     dir: tempfile::TempDir,
     api_port: u16,
-    daemon: Option<ChildGuard>,
-    _sushy: Sushy,
     image: Vec<u8>,
     /// Extra `kiln serve` flags for the next start.
     serve_flags: Vec<&'static str>,
@@ -42,49 +43,33 @@ impl Rig {
     }
 
     fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.lab.server_ns,
-                env!("CARGO_BIN_EXE_kiln"),
-            ])
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(["--log-level", "debug", "serve", "--listen"])
-            .arg(format!("127.0.0.1:{}", self.api_port))
-            .args([
-                "--boot-interface",
-                "br0",
-                "--dhcp-mode",
-                "off",
-                "--no-router-advertisements",
-            ])
-            .arg("--files-root")
-            .arg(self.dir.path().join("files"))
-            .args(["--agent-heartbeat", "1", "--deploy-os-timeout", "60"])
-            .arg("--power-sync-interval=0")
-            .args(&self.serve_flags)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let starts = self.log().matches("boot HTTP listening").count();
-        self.daemon = Some(ChildGuard(child));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.log().matches("boot HTTP listening").count() == starts {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let data = self.data();
+        let files = self.dir.path().join("files");
+        let listen = format!("127.0.0.1:{}", self.api_port);
+        let mut args = vec![
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--log-level",
+            "debug",
+            "serve",
+            "--listen",
+            &listen,
+            "--boot-interface",
+            "br0",
+            "--dhcp-mode",
+            "off",
+            "--no-router-advertisements",
+            "--files-root",
+            files.to_str().unwrap(),
+            "--agent-heartbeat",
+            "1",
+            "--deploy-os-timeout",
+            "60",
+            "--power-sync-interval=0",
+        ];
+        args.extend(&self.serve_flags);
+        let log = self.dir.path().join("daemon.log");
+        self.daemon = Some(self.lab.spawn_kiln(&log, &args, "boot HTTP listening"));
     }
 
     fn stop_daemon(&mut self) {

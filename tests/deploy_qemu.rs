@@ -12,7 +12,7 @@ mod common;
 use common::netns::Lab;
 use common::{ChildGuard, free_port};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const FILES: &str = "/var/cache/kiln-images/files";
@@ -59,11 +59,13 @@ fn build_images() {
     }
 }
 
+/// Fields drop in order: the daemon and the vbmc (which stops its QEMUs) before the namespace
+/// and the directory holding the disks and QMP sockets are removed.
 struct Rack {
+    daemon: Option<ChildGuard>,
+    vbmc: Option<ChildGuard>,
     lab: Lab,
     dir: tempfile::TempDir,
-    daemon: Option<ChildGuard>,
-    _vbmc: ChildGuard,
 }
 
 impl Rack {
@@ -76,49 +78,46 @@ impl Rack {
     }
 
     fn start_daemon(&mut self) {
-        let starts = self.log().matches("DHCP serving").count();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
-        let mut command = Command::new("ip");
-        command.args([
-            "netns",
-            "exec",
-            &self.lab.server_ns,
-            env!("CARGO_BIN_EXE_kiln"),
-        ]);
-        command
-            .arg("--data-dir")
-            .arg(self.data())
-            .args([
-                "--log-level",
-                "info,kiln=debug",
-                "serve",
-                "--listen",
-                "127.0.0.1:6385",
-            ])
-            .args(["--boot-interface", "br0", "--files-root", FILES])
-            .args(["--default-image", "debian-12", "--agent-heartbeat", "2"])
-            .args([
-                "--deploy-callback-timeout",
-                "600",
-                "--deploy-os-timeout",
-                "900",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.daemon = Some(ChildGuard(command.spawn().unwrap()));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.log().matches("DHCP serving").count() == starts {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let data = self.data();
+        let args = [
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--log-level",
+            "info,kiln=debug",
+            "serve",
+            "--listen",
+            "127.0.0.1:6385",
+            "--boot-interface",
+            "br0",
+            "--files-root",
+            FILES,
+            "--default-image",
+            "debian-12",
+            "--agent-heartbeat",
+            "2",
+            "--deploy-callback-timeout",
+            "600",
+            "--deploy-os-timeout",
+            "900",
+        ];
+        let log = self.dir.path().join("daemon.log");
+        self.daemon = Some(self.lab.spawn_kiln(&log, &args, "DHCP serving"));
+    }
+
+    /// Stops the daemon, then the vbmc (SIGTERM, as systemd would): it must stop every QEMU it
+    /// started itself (not leave them to the kernel's parent-death signal), leaving nothing in
+    /// the lab's namespace.
+    fn stop(&mut self) {
+        self.daemon = None;
+        self.vbmc = None;
+        let vbmc_log =
+            std::fs::read_to_string(self.dir.path().join("vbmc.log")).unwrap_or_default();
+        let left = self.lab.processes();
+        assert!(
+            left.is_empty() && vbmc_log.contains("every VM it started is off"),
+            "still running after the vbmc stopped: {left:#?}\n--- vbmc ---\n{}",
+            tail(&vbmc_log, 40)
+        );
     }
 
     fn kiln(&self, args: &[&str]) -> (i32, String, String) {
@@ -243,25 +242,16 @@ fn rack() -> Rack {
         ),
     )
     .unwrap();
-    let vbmc = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.server_ns,
-            env!("CARGO_BIN_EXE_kiln"),
-            "--config",
-        ])
-        .arg(&vbmc_config)
-        .arg("vbmc")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("vbmc.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let vbmc = lab.spawn_kiln(
+        &dir.path().join("vbmc.log"),
+        &["--config", vbmc_config.to_str().unwrap(), "vbmc"],
+        "vbmc Redfish listening",
+    );
     let mut rack = Rack {
+        daemon: None,
+        vbmc: Some(vbmc),
         lab,
         dir,
-        daemon: None,
-        _vbmc: ChildGuard(vbmc),
     };
     rack.start_daemon();
 
@@ -423,4 +413,6 @@ fn two_vms_deploy_to_active_and_serve_docker_over_mutual_tls() {
     // No secret leaked into the daemon's log.
     let log = rack.log();
     assert!(!log.contains(VBMC_PASSWORD) && !log.contains("PRIVATE KEY"));
+    // Both VMs are still running here; stopping the vbmc must take their QEMUs with it.
+    rack.stop();
 }

@@ -13,11 +13,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Fields drop in order: the daemon and dnsmasq stop before their namespace and directory go.
 struct BootLab {
-    lab: Lab,
-    dir: tempfile::TempDir,
     _daemon: ChildGuard,
     _others: Vec<ChildGuard>,
+    lab: Lab,
+    dir: tempfile::TempDir,
 }
 
 /// Enrolls one node (made `manageable`, so Kiln answers with its "nothing to boot" script that
@@ -86,16 +87,12 @@ async fn boot_lab(
             .expect("dnsmasq (package dnsmasq-base)");
         others.push(ChildGuard(child));
     }
-    let daemon = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.server_ns,
-            env!("CARGO_BIN_EXE_kiln"),
+    let pool = format!("--dhcp-pool={}-{}", lab.addr(20), lab.addr(30));
+    let daemon = lab.spawn_kiln(
+        &dir.path().join("daemon.log"),
+        &[
             "--data-dir",
-        ])
-        .arg(&data)
-        .args([
+            data.to_str().unwrap(),
             "--log-level",
             "debug",
             "serve",
@@ -105,27 +102,19 @@ async fn boot_lab(
             "br0",
             "--dhcp-mode",
             dhcp_mode,
-        ])
-        .arg(format!("--dhcp-pool={}-{}", lab.addr(20), lab.addr(30)))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = ChildGuard(daemon);
-    wait_for_text(
-        &dir.path().join("daemon.log"),
+            &pool,
+        ],
         if dhcp_mode == "off" {
             "boot HTTP listening"
         } else {
             "DHCP serving"
         },
-        Duration::from_secs(30),
     );
     BootLab {
-        lab,
-        dir,
         _daemon: daemon,
         _others: others,
+        lab,
+        dir,
     }
 }
 
@@ -232,21 +221,8 @@ async fn bios_vm_boots_its_own_script() {
         "{events:#?}"
     );
     // The operator's view of the same node, through the daemon's API and the CLI.
-    let kiln = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.lab.server_ns,
-                env!("CARGO_BIN_EXE_kiln"),
-                "--data-dir",
-            ])
-            .arg(lab.dir.path().join("data"))
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let data = lab.dir.path().join("data");
+    let kiln = |args: &[&str]| lab.lab.kiln(&data, args).1;
     let table = kiln(&["node", "events", "pxe-bios"]);
     assert!(
         table.contains("dhcp-offer")

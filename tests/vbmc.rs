@@ -5,10 +5,10 @@
 mod common;
 
 use common::netns::Lab;
-use common::{ChildGuard, wait_for_text};
+use common::wait_for_text;
 
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 fn in_ns(lab: &Lab, program: &str, args: &[&str]) -> Output {
     Command::new("ip")
@@ -44,28 +44,16 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
     )
     .unwrap();
     let kiln = env!("CARGO_BIN_EXE_kiln");
-    let vbmc = ChildGuard(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.server_ns,
-                kiln,
-                "--log-level",
-                "debug",
-                "vbmc",
-                "--config",
-            ])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("vbmc.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_text(
+    let vbmc = lab.spawn_kiln(
         &dir.path().join("vbmc.log"),
+        &[
+            "--log-level",
+            "debug",
+            "vbmc",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         "vbmc Redfish listening",
-        Duration::from_secs(20),
     );
 
     // curl: auth required, root, Systems, the System, boot PATCH, Reset.
@@ -116,31 +104,24 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
 
     // Kiln with boot services in the same namespace; the node's BMC is the vbmc.
     let data = dir.path().join("data");
-    let daemon = ChildGuard(
-        Command::new("ip")
-            .args(["netns", "exec", &lab.server_ns, kiln, "--data-dir"])
-            .arg(&data)
-            .args([
-                "--log-level",
-                "debug",
-                "serve",
-                "--listen",
-                "127.0.0.1:6385",
-                "--boot-interface",
-                "br0",
-                "--power-sync-interval",
-                "0",
-            ])
-            .arg(format!("--dhcp-pool={}-{}", lab.addr(20), lab.addr(30)))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_text(
+    let pool = format!("--dhcp-pool={}-{}", lab.addr(20), lab.addr(30));
+    let daemon = lab.spawn_kiln(
         &dir.path().join("daemon.log"),
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--log-level",
+            "debug",
+            "serve",
+            "--listen",
+            "127.0.0.1:6385",
+            "--boot-interface",
+            "br0",
+            "--power-sync-interval",
+            "0",
+            &pool,
+        ],
         "DHCP serving",
-        Duration::from_secs(30),
     );
     let rack = dir.path().join("rack.yaml");
     std::fs::write(
@@ -192,6 +173,74 @@ fn vbmc_redfish_drives_a_qemu_vm_that_pxe_boots_from_kiln() {
     let log = std::fs::read_to_string(dir.path().join("vbmc.log")).unwrap()
         + &std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(!log.contains("vbmc-Secret-9"), "no password in the logs");
+
+    // Powered on again and left running: stopping the vbmc (SIGTERM) stops its QEMU too, even
+    // with its state directory (QMP socket) already gone, as when a test's temp dir goes first.
+    let (code, out) = cli(&["node", "power", "vm-node", "on"]);
+    assert_eq!(code, Some(0), "{out}");
     drop(daemon);
+    assert!(lab.processes().iter().any(|p| p.contains("qemu-system")));
+    std::fs::remove_dir_all(&state).unwrap();
     drop(vbmc);
+    let left = lab.processes();
+    let log = std::fs::read_to_string(dir.path().join("vbmc.log")).unwrap();
+    assert!(
+        left.is_empty() && log.contains("every VM it started is off"),
+        "left behind: {left:#?}\n{log}"
+    );
+}
+
+/// A vbmc killed outright runs no cleanup; the kernel still takes its VMs down
+/// (`PR_SET_PDEATHSIG`), so a crashed vbmc leaks no QEMU.
+#[test]
+fn a_killed_vbmc_takes_its_vms_with_it() {
+    let mut lab = Lab::new();
+    let tap = lab.add_tap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vbmc.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "redfish_listen: 127.0.0.1:8000\nusername: admin\npassword: vbmc-Secret-9\nstate_dir: {}\nvms:\n  - {{name: doomed, mac: '52:54:00:77:20:02', tap: {tap}, memory_mb: 128}}\n",
+            dir.path().join("vbmc").display()
+        ),
+    )
+    .unwrap();
+    // Killed and reaped by hand below; the guard's own SIGTERM must not go to a reused PID.
+    let mut vbmc = std::mem::ManuallyDrop::new(lab.spawn_kiln(
+        &dir.path().join("vbmc.log"),
+        &["vbmc", "--config", config.to_str().unwrap()],
+        "vbmc Redfish listening",
+    ));
+    let (body, code) = curl(
+        &lab,
+        &[
+            "-u",
+            "admin:vbmc-Secret-9",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"ResetType":"On"}"#,
+            "http://127.0.0.1:8000/redfish/v1/Systems/doomed/Actions/ComputerSystem.Reset",
+        ],
+    );
+    assert!(code.starts_with('2'), "{code} {body}");
+    assert!(
+        lab.processes().iter().any(|p| p.contains("qemu-system")),
+        "{:?}",
+        lab.processes()
+    );
+    vbmc.0.kill().unwrap();
+    vbmc.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab.processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "QEMU outlived a killed vbmc: {:#?}",
+            lab.processes()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

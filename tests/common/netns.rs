@@ -1,9 +1,12 @@
 //! Network labs for tests: namespaces, a bridge, veth clients and tap devices that the test
 //! creates itself and removes on drop. Kiln's DHCP never touches this machine's real interfaces.
 
+use super::ChildGuard;
 use std::os::fd::AsFd;
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -95,6 +98,53 @@ impl Lab {
             .output()
             .unwrap();
         super::exit_and_text(&out)
+    }
+
+    /// Starts `kiln ARGS` (`serve`, `vbmc`) inside the server namespace, appending its stderr to
+    /// `log` (so a restarted daemon keeps one log), and waits until `ready` appears in the log
+    /// once more than before. The guard stops it with SIGTERM, so it cleans up as in production.
+    pub fn spawn_kiln(&self, log: &Path, args: &[&str], ready: &str) -> ChildGuard {
+        let read = || std::fs::read_to_string(log).unwrap_or_default();
+        let before = read().matches(ready).count();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns, env!("CARGO_BIN_EXE_kiln")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let mut guard = ChildGuard(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read().matches(ready).count() == before {
+            let exited = guard.0.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "kiln {args:?} did not print {ready:?} (exit: {exited:?}):\n{}",
+                read()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        guard
+    }
+
+    /// Every process still in the server namespace, as "PID COMMAND LINE": a test that has
+    /// stopped what it started there expects none (a leaked QEMU would show up here).
+    pub fn processes(&self) -> Vec<String> {
+        let out = run("ip", &["netns", "pids", &self.server_ns]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                format!("{pid} {}", cmdline.trim_end())
+            })
+            .collect()
     }
 
     /// A client namespace with `eth0` (the given MAC) cabled to the bridge.

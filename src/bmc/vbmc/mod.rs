@@ -4,6 +4,7 @@
 //! same drivers as real hardware.
 
 pub mod ipmi_server;
+mod launcher;
 pub mod redfish_server;
 pub mod vm;
 
@@ -14,7 +15,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use vm::{VirtualMachine, VmSpec};
+
+/// How long QEMU has to exit on SIGTERM at vbmc shutdown before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long requests still in flight at shutdown may take to finish (the VMs are already off).
+const DRAIN: Duration = Duration::from_secs(1);
 
 pub struct Vbmc {
     pub username: String,
@@ -43,11 +50,16 @@ impl Vbmc {
         self.vms.keys().cloned().collect()
     }
 
-    /// Powers every VM off (used at shutdown so no QEMU outlives the vbmc).
-    pub async fn power_off_all(&self) {
+    /// Stops and reaps every QEMU, all at once, and keeps each VM off from then on. Bounded by
+    /// [`SHUTDOWN_GRACE`] plus a SIGKILL, so it is done before a supervisor that escalates to
+    /// SIGKILL after a few seconds (the test kit's `ChildGuard` waits 5 s) loses patience.
+    pub async fn shutdown(&self) {
+        let mut stopping = tokio::task::JoinSet::new();
         for vm in self.vms.values() {
-            let _ = vm.power_off().await;
+            let vm = Arc::clone(vm);
+            stopping.spawn(async move { vm.retire(SHUTDOWN_GRACE).await });
         }
+        while stopping.join_next().await.is_some() {}
     }
 }
 
@@ -199,7 +211,7 @@ fn read(reader: &mut Reader, root: &tree::Node) -> Option<VbmcConfig> {
     })
 }
 
-/// Serves until `shutdown`, then powers every VM off: Redfish for every VM, and an IPMI lanplus
+/// Serves until `shutdown`, then stops every VM: Redfish for every VM, and an IPMI lanplus
 /// endpoint for each VM with `ipmi_listen`. Every socket is bound before anything is served, so a
 /// taken port fails the start instead of leaving a VM without its BMC.
 pub async fn run(
@@ -237,12 +249,26 @@ pub async fn run(
     }
     tracing::info!(address = %listener.local_addr()?, vms = vbmc.names().len(), "vbmc Redfish listening");
     let stop = shutdown.clone();
-    let served = axum::serve(listener, redfish_server::router(Arc::clone(&vbmc)))
+    let serving = axum::serve(listener, redfish_server::router(Arc::clone(&vbmc)))
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    // The IPMI endpoints stop on the same token; wait so none acts on a VM being powered off.
+        .into_future();
+    let mut serving = std::pin::pin!(serving);
+    let served = tokio::select! {
+        served = &mut serving => served,
+        () = shutdown.cancelled() => {
+            // VMs first: a graceful drain waits for clients, which must not keep QEMU alive.
+            // Retired VMs refuse to power on, so requests still in flight cannot start one.
+            vbmc.shutdown().await;
+            tokio::time::timeout(DRAIN, serving).await.unwrap_or_else(|_| {
+                tracing::warn!(?DRAIN, "vbmc Redfish requests still open at shutdown; dropped");
+                Ok(())
+            })
+        }
+    };
     shutdown.cancel();
     while ipmi.join_next().await.is_some() {}
-    vbmc.power_off_all().await;
+    // Also when serving failed on its own.
+    vbmc.shutdown().await;
+    tracing::info!("vbmc stopped; every VM it started is off");
     served
 }

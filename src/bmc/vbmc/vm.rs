@@ -1,6 +1,9 @@
 //! One QEMU virtual machine as a virtual BMC sees it: power is the QEMU process, the boot device
-//! becomes QEMU's boot order at the next start, and power-off/reset go through QMP.
+//! becomes QEMU's boot order at the next start, power-off/reset signal the process and the ACPI
+//! power button goes through QMP. Every QEMU is tracked until it is reaped, and none outlives the
+//! vbmc (see `launcher`).
 
+use super::launcher;
 use crate::bmc::{BmcError, BootDevice, BootSetting, PowerState};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -29,9 +32,40 @@ pub struct VmSpec {
 }
 
 struct VmState {
+    /// The running QEMU, spawned with `kill_on_drop` by the [`launcher`] thread.
     child: Option<Child>,
     boot: BootDevice,
     persistent: bool,
+    /// Set at vbmc shutdown, after which the VM stays off.
+    retired: bool,
+}
+
+impl VmState {
+    fn power(&mut self) -> PowerState {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => PowerState::On,
+            _ => {
+                // Exited (already reaped by `try_wait`) or unknowable: dropping it kills and
+                // reaps whatever is left.
+                self.child = None;
+                PowerState::Off
+            }
+        }
+    }
+}
+
+/// Ends one QEMU and reaps it: SIGTERM (QEMU exits cleanly, like QMP `quit`), SIGKILL after
+/// `grace`.
+async fn stop(name: &str, mut child: Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(vm = %name, ?grace, "QEMU ignored SIGTERM; killing it");
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
 }
 
 pub struct VirtualMachine {
@@ -56,6 +90,7 @@ impl VirtualMachine {
                 child: None,
                 boot: BootDevice::Disk,
                 persistent: true,
+                retired: false,
             }),
         }
     }
@@ -139,13 +174,7 @@ impl VirtualMachine {
 
     pub async fn power_state(&self) -> PowerState {
         let mut state = self.state.lock().await;
-        match state.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(None)) => PowerState::On,
-            _ => {
-                state.child = None;
-                PowerState::Off
-            }
-        }
+        state.power()
     }
 
     pub async fn boot_setting(&self) -> BootSetting {
@@ -163,11 +192,16 @@ impl VirtualMachine {
         state.persistent = persistent;
     }
 
+    /// Starts QEMU. The state lock is held throughout, so two requests cannot both start one, and
+    /// the child is recorded before any await that could be cancelled: a QEMU is never untracked.
     pub async fn power_on(&self) -> Result<(), BmcError> {
-        if self.power_state().await == PowerState::On {
+        let mut state = self.state.lock().await;
+        if state.power() == PowerState::On {
             return Ok(());
         }
-        let mut state = self.state.lock().await;
+        if state.retired {
+            return Err(BmcError::Protocol("the vbmc is shutting down".into()));
+        }
         if self.spec.uefi {
             let vars = self
                 .spec
@@ -180,7 +214,8 @@ impl VirtualMachine {
             }
         }
         let _ = std::fs::remove_file(self.qmp_path());
-        let args = self.command_line(state.boot, state.persistent);
+        let (boot, persistent) = (state.boot, state.persistent);
+        let args = self.command_line(boot, persistent);
         let log_path = self
             .spec
             .state_dir
@@ -188,48 +223,61 @@ impl VirtualMachine {
         let log = std::fs::File::create(&log_path).map_err(|e| {
             BmcError::Protocol(format!("cannot create {}: {e}", log_path.display()))
         })?;
-        let mut child = Command::new(&args[0])
+        let mut command = Command::new(&args[0]);
+        command
             .args(&args[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        let child = launcher::spawn(command)
+            .await
             .map_err(|e| BmcError::Protocol(format!("cannot start QEMU: {e}")))?;
+        state.child = Some(child);
+        // A one-time boot device is consumed by this start.
+        if !persistent {
+            state.boot = BootDevice::Disk;
+            state.persistent = true;
+        }
         // A QEMU that cannot start (tap busy, bad disk) exits at once: say so instead of "on".
         for _ in 0..20 {
-            if let Ok(Some(status)) = child.try_wait() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Some(child) = state.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                state.child = None;
+                (state.boot, state.persistent) = (boot, persistent);
                 let output = std::fs::read_to_string(&log_path).unwrap_or_default();
                 let last = output.lines().last().unwrap_or("no output").to_string();
                 return Err(BmcError::Protocol(format!(
                     "QEMU exited at start ({status}): {last}"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::info!(vm = %self.spec.name, boot = ?state.boot, persistent = state.persistent, "VM powered on");
-        state.child = Some(child);
-        // A one-time boot device is consumed by this start.
-        if !state.persistent {
-            state.boot = BootDevice::Disk;
-            state.persistent = true;
+        tracing::info!(vm = %self.spec.name, ?boot, persistent, "VM powered on");
+        Ok(())
+    }
+
+    /// Hard off: QEMU exits as with QMP `quit` on SIGTERM; SIGKILL if it has not gone in 5 s.
+    /// Signals need no QMP socket, so this works even when the state directory is gone.
+    pub async fn power_off(&self) -> Result<(), BmcError> {
+        let mut state = self.state.lock().await;
+        if let Some(child) = state.child.take() {
+            stop(&self.spec.name, child, Duration::from_secs(5)).await;
+            tracing::info!(vm = %self.spec.name, "VM powered off");
         }
         Ok(())
     }
 
-    /// Hard off: QMP `quit`, then kill if QEMU does not go.
-    pub async fn power_off(&self) -> Result<(), BmcError> {
-        let _ = self.qmp("quit").await;
+    /// At vbmc shutdown: stops and reaps QEMU within `grace` (plus the SIGKILL), and refuses any
+    /// later power-on, so a request still in flight cannot start a VM nobody will stop.
+    pub async fn retire(&self, grace: Duration) {
         let mut state = self.state.lock().await;
-        if let Some(mut child) = state.child.take()
-            && tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-        {
-            let _ = child.kill().await;
+        state.retired = true;
+        if let Some(child) = state.child.take() {
+            stop(&self.spec.name, child, grace).await;
+            tracing::info!(vm = %self.spec.name, "VM stopped at vbmc shutdown");
         }
-        tracing::info!(vm = %self.spec.name, "VM powered off");
-        Ok(())
     }
 
     /// ACPI power button; the guest decides.
@@ -243,8 +291,15 @@ impl VirtualMachine {
         self.power_on().await
     }
 
-    /// Sends one QMP command (after the capabilities handshake).
+    /// Sends one QMP command (after the capabilities handshake); gives up after 5 s, so a QEMU
+    /// that accepts the connection but never answers cannot hold a request forever.
     async fn qmp(&self, command: &str) -> Result<(), BmcError> {
+        tokio::time::timeout(Duration::from_secs(5), self.qmp_exchange(command))
+            .await
+            .map_err(|_| BmcError::Protocol(format!("QMP: no answer to {command}")))?
+    }
+
+    async fn qmp_exchange(&self, command: &str) -> Result<(), BmcError> {
         let stream = UnixStream::connect(self.qmp_path())
             .await
             .map_err(|e| BmcError::Protocol(format!("QMP: {e}")))?;
