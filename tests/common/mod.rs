@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod docker_lab;
 pub mod netns;
 
 use std::net::TcpListener;
