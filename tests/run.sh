@@ -33,6 +33,11 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v cpio >/dev/null || need+=(cpio)
 command -v strip >/dev/null || need+=(binutils)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+# Container deployer tests: a real dockerd (Debian's 20.10; another docker client may sit earlier
+# on PATH, so check the daemon's path), docker-in-docker nodes and a local registry.
+[ -x /usr/sbin/dockerd ] || need+=(docker.io)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v wget >/dev/null || need+=(wget)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     # Keep package scripts from starting services (PostgreSQL's cluster): tests start their own.

@@ -195,6 +195,15 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("cannot listen on {http_addr}"))?;
+    // Keep at most 128 KiB of not-yet-sent data queued per socket: with 134 slow readers the
+    // kernel otherwise holds megabytes of copied image data per connection, which spills out of
+    // cache and slows every download (docs/BENCHMARKS.md, image serving).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let socket = socket2::SockRef::from(&*tcp);
+        if let Err(err) = set_notsent_lowat(&socket, 128 * 1024) {
+            tracing::debug!(error = %err, "TCP_NOTSENT_LOWAT not set");
+        }
+    });
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = axum::serve(
@@ -325,5 +334,26 @@ impl TftpObserver for TimelineObserver {
     fn transfer_failed(&self, peer: SocketAddr, file: &str, reason: &TftpFailure) {
         tracing::info!(%peer, file, ?reason, "TFTP transfer failed");
         self.record(peer, "tftp-failed", format!("{file}: {reason:?}"));
+    }
+}
+
+/// `TCP_NOTSENT_LOWAT` (Linux 3.12+): socket2 has no wrapper for it.
+fn set_notsent_lowat(socket: &socket2::SockRef<'_>, bytes: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = bytes as nix::libc::c_int;
+    // SAFETY: a valid socket fd, a c_int option value and its exact size.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            socket.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_NOTSENT_LOWAT,
+            (&value as *const nix::libc::c_int).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

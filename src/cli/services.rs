@@ -318,6 +318,8 @@ fn genconfig(options: &CommonOptions, output: &Path) -> Result<ExitCode> {
         for (host, containers) in service.hosts.iter().map(|(h, c)| (h, c)).chain(bootstrap) {
             for spec in containers {
                 let dir = output.join(host).join(&spec.name);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
                 for file in &spec.files {
                     let path = dir.join(file.path.trim_start_matches('/'));
                     if let Some(parent) = path.parent() {
@@ -367,6 +369,8 @@ fn certificates(options: &CommonOptions, data_dir: &Path, output: &Path) -> Resu
     std::fs::create_dir_all(output)
         .with_context(|| format!("cannot create {}", output.display()))?;
     write_private(&output.join("ca.pem"), ca.ca_pem())?;
+    // The deployer presents DATA_DIR/ca/client.pem to engines using these certificates.
+    ca.deployer_client()?;
     for host in &hosts {
         let issued = ca.issue_server(&host.name, &[host.address])?;
         let dir = output.join(&host.name);

@@ -72,6 +72,10 @@ pub struct ContainerTemplate {
     pub healthcheck: Option<HealthcheckTemplate>,
     #[serde(default = "unless_stopped")]
     pub restart: String,
+    /// Seconds a stop waits for the container to exit before killing it (Kolla's
+    /// `docker_graceful_timeout`; default 20).
+    #[serde(default = "twenty")]
+    pub stop_timeout: u64,
     /// TCP ports the container listens on (host networking); checked by `prechecks`.
     #[serde(default)]
     pub ports: Vec<String>,
@@ -488,6 +492,9 @@ fn unless_stopped() -> String {
 }
 fn five() -> u64 {
     5
+}
+fn twenty() -> u64 {
+    20
 }
 fn three() -> u64 {
     3

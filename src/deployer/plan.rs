@@ -14,6 +14,8 @@ pub struct Observed {
     pub image_id: String,
     pub state: RunState,
     pub health: Health,
+    /// The last healthcheck's output (inspect only), to say why a container is unhealthy.
+    pub health_output: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,13 +135,22 @@ pub fn readiness(observed: &Observed) -> Readiness {
     match (observed.state, observed.health) {
         (RunState::Running, Health::Healthy | Health::None) => Readiness::Ready,
         (RunState::Running, Health::Starting) => Readiness::NotYet,
-        (_, Health::Unhealthy) => Readiness::Failed("its healthcheck fails".to_string()),
+        (_, Health::Unhealthy) => Readiness::Failed(match &observed.health_output {
+            Some(output) if !output.trim().is_empty() => {
+                format!("its healthcheck fails: {}", last_line(output))
+            }
+            _ => "its healthcheck fails".to_string(),
+        }),
         (RunState::Restarting, _) => Readiness::Failed("it keeps restarting".to_string()),
         (RunState::Stopped(code), _) => Readiness::Failed(match code {
             Some(code) => format!("it exited with code {code}"),
             None => "it is not running".to_string(),
         }),
     }
+}
+
+fn last_line(text: &str) -> &str {
+    text.trim().lines().last().unwrap_or("").trim()
 }
 
 #[cfg(test)]
@@ -155,6 +166,7 @@ mod tests {
             image_id: "sha256:old".into(),
             state,
             health,
+            health_output: Some("connection refused\n".into()),
         }
     }
 
@@ -260,7 +272,7 @@ mod tests {
         assert_eq!(r(Running, Health::None), Readiness::Ready);
         assert_eq!(r(Running, Health::Starting), Readiness::NotYet);
         assert!(
-            matches!(r(Running, Health::Unhealthy), Readiness::Failed(m) if m.contains("healthcheck"))
+            matches!(r(Running, Health::Unhealthy), Readiness::Failed(m) if m == "its healthcheck fails: connection refused")
         );
         assert!(
             matches!(r(Stopped(Some(3)), Health::None), Readiness::Failed(m) if m.contains("code 3"))

@@ -256,6 +256,7 @@ impl Renderer<'_> {
             ulimits: t.ulimits.clone(),
             healthcheck,
             restart: t.restart.clone(),
+            stop_timeout_s: t.stop_timeout,
             ports,
             files,
         })

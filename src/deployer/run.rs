@@ -448,6 +448,7 @@ async fn apply(
             ensure_image(context, engine, host, spec).await?;
             if let Action::Recreate(reason) = action {
                 event(format!("recreating ({reason})"));
+                engine.stop(&spec.name).await?;
                 engine.remove(&spec.name).await?;
             } else {
                 event("creating".into());

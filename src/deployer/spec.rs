@@ -82,6 +82,7 @@ pub struct ContainerSpec {
     pub ulimits: BTreeMap<String, i64>,
     pub healthcheck: Option<Healthcheck>,
     pub restart: String,
+    pub stop_timeout_s: u64,
     pub ports: Vec<u16>,
     pub files: Vec<FileSpec>,
 }
@@ -132,6 +133,7 @@ pub(crate) fn sample(name: &str) -> ContainerSpec {
         ulimits: BTreeMap::new(),
         healthcheck: None,
         restart: "unless-stopped".into(),
+        stop_timeout_s: 20,
         ports: vec![],
         files: vec![FileSpec {
             path: "/etc/a.conf".into(),

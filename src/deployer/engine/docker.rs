@@ -57,6 +57,12 @@ impl DockerEngine {
                 let (ca, cert, key) = match tls {
                     TlsSource::Kiln => {
                         let dir = data_dir.join("ca");
+                        ensure_deployer_client(&dir).map_err(|message| {
+                            EngineError::Unreachable {
+                                endpoint: described.clone(),
+                                message,
+                            }
+                        })?;
                         (
                             dir.join(crate::ca::CA_CERT_FILE),
                             dir.join(crate::ca::CLIENT_CERT_FILE),
@@ -111,6 +117,21 @@ impl DockerEngine {
     }
 }
 
+/// Kiln's CA must exist (it issued the nodes' server certificates); the deployer's client
+/// certificate is (re)issued from it when absent or near expiry.
+fn ensure_deployer_client(dir: &Path) -> Result<(), String> {
+    if !dir.join(crate::ca::CA_CERT_FILE).exists() {
+        return Err(format!(
+            "Kiln's CA is not in {} (set --data-dir to the appliance's data directory)",
+            dir.display()
+        ));
+    }
+    crate::ca::CertificateAuthority::load_or_create(dir)
+        .and_then(|ca| ca.deployer_client())
+        .map(|_| ())
+        .map_err(|err| format!("Kiln's CA in {}: {err}", dir.display()))
+}
+
 fn managed_filter() -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])])
 }
@@ -142,10 +163,7 @@ impl Engine for DockerEngine {
             .info()
             .await
             .map_err(|e| self.unreachable_or("info", "engine", e))?;
-        let system_time = info
-            .system_time
-            .as_deref()
-            .and_then(chrono_like_epoch);
+        let system_time = info.system_time.as_deref().and_then(chrono_like_epoch);
         Ok(EngineInfo {
             version: version.version.unwrap_or_default(),
             api_version: version.api_version.unwrap_or_default(),
@@ -184,6 +202,7 @@ impl Engine for DockerEngine {
                     image_id: c.image_id.unwrap_or_default(),
                     state,
                     health,
+                    health_output: None,
                 }
             })
             .collect())
@@ -208,6 +227,12 @@ impl Engine for DockerEngine {
             RunState::Stopped(if started { state.exit_code } else { None })
         };
         use bollard::models::HealthStatusEnum as H;
+        let health_output = state
+            .health
+            .as_ref()
+            .and_then(|h| h.log.as_ref())
+            .and_then(|log| log.last())
+            .and_then(|entry| entry.output.clone());
         let health = match state.health.and_then(|h| h.status) {
             Some(H::HEALTHY) => Health::Healthy,
             Some(H::UNHEALTHY) => Health::Unhealthy,
@@ -224,6 +249,7 @@ impl Engine for DockerEngine {
             image_id: inspect.image.unwrap_or_default(),
             state: run_state,
             health,
+            health_output,
         }))
     }
 
@@ -295,10 +321,8 @@ impl Engine for DockerEngine {
     }
 
     async fn stop(&self, name: &str) -> Result<(), EngineError> {
-        let options = StopContainerOptions {
-            t: Some(20),
-            ..Default::default()
-        };
+        // No `t`: the container's own StopTimeout (the catalog's stop_timeout) applies.
+        let options = StopContainerOptions::default();
         match self.docker.stop_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -310,7 +334,6 @@ impl Engine for DockerEngine {
     }
 
     async fn remove(&self, name: &str) -> Result<(), EngineError> {
-        self.stop(name).await?;
         let options = RemoveContainerOptions {
             force: true,
             ..Default::default()
@@ -433,6 +456,7 @@ fn container_body(spec: &ContainerSpec) -> ContainerCreateBody {
         ),
         labels: Some(spec.labels().into_iter().collect()),
         healthcheck,
+        stop_timeout: Some(spec.stop_timeout_s as i64),
         host_config: Some(host_config),
         ..Default::default()
     }

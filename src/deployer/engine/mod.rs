@@ -57,7 +57,8 @@ pub trait Engine: Send + Sync {
     async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError>;
     async fn start(&self, name: &str) -> Result<(), EngineError>;
     async fn stop(&self, name: &str) -> Result<(), EngineError>;
-    /// Stops (if needed) and removes the container; absent is fine.
+    /// Removes the container, killing it if it runs (call `stop` first for a graceful stop);
+    /// absent is fine.
     async fn remove(&self, name: &str) -> Result<(), EngineError>;
     /// Waits for the container to exit; its exit code.
     async fn wait(&self, name: &str) -> Result<i64, EngineError>;

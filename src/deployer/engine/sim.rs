@@ -143,6 +143,7 @@ impl Engine for SimEngine {
                     image_id,
                     state: RunState::Stopped(None),
                     health: Health::None,
+                    health_output: None,
                 },
                 has_healthcheck: spec.healthcheck.is_some(),
                 kind: spec.kind,
