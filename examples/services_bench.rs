@@ -29,7 +29,11 @@ fn kiln_binary() -> PathBuf {
         .and_then(Path::parent)
         .map(|dir| dir.join("kiln"))
         .expect("target dir");
-    assert!(bin.exists(), "{} missing: run `cargo build --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -42,11 +46,18 @@ fn main() {
 
     let started = Instant::now();
     let lab = DockerLab::start(hosts);
-    eprintln!("lab of {hosts} engines up in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "lab of {hosts} engines up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let dir = tempfile::tempdir().expect("temp dir");
     let mut inventory = String::from("hosts:\n");
     for (index, node) in lab.nodes().iter().enumerate() {
-        let groups = if index < 3 { "[control, compute]" } else { "[compute]" };
+        let groups = if index < 3 {
+            "[control, compute]"
+        } else {
+            "[compute]"
+        };
         inventory.push_str(&format!(
             "  - {{name: {}, docker: '{}', groups: {groups}}}\n",
             node.name, node.url
@@ -77,7 +88,13 @@ fn main() {
         ]
     };
     let status = Command::new(&kiln)
-        .args(["genpwd", "--passwords", &path("passwords.yaml"), "--catalog", catalog])
+        .args([
+            "genpwd",
+            "--passwords",
+            &path("passwords.yaml"),
+            "--catalog",
+            catalog,
+        ])
         .status()
         .expect("genpwd");
     assert!(status.success());
@@ -99,7 +116,9 @@ fn main() {
         seconds
     };
     let first = run("first deploy");
-    let mut noops: Vec<f64> = (1..=repeats).map(|i| run(&format!("no-op deploy {i}"))).collect();
+    let mut noops: Vec<f64> = (1..=repeats)
+        .map(|i| run(&format!("no-op deploy {i}")))
+        .collect();
     noops.sort_by(f64::total_cmp);
     println!(
         "hosts={hosts} first_deploy_s={first:.2} noop_median_s={:.3} noop_min_s={:.3} noop_max_s={:.3}",

@@ -31,4 +31,3 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
-
