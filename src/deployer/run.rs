@@ -81,10 +81,25 @@ impl Outcome {
 
 type Engines = BTreeMap<String, Arc<dyn Engine>>;
 
+/// A host the deployer may not touch yet (deploy-servers: the node is still being imaged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Waiting,
+    Open,
+    /// The host will never be ready (its provisioning failed): its services fail with this.
+    Failed(String),
+}
+
+pub type Gates = HashMap<String, watch::Receiver<Gate>>;
+
+type HostContainers = Arc<HashMap<String, Observed>>;
+
 /// Shared by the service tasks.
 struct Context {
     engines: Engines,
-    observed: BTreeMap<String, HashMap<String, Observed>>,
+    /// Containers per host, from one list call each (upfront, or when a gated host opens).
+    observed: std::sync::Mutex<BTreeMap<String, HostContainers>>,
+    gates: Gates,
     operation: Operation,
     started: Instant,
     events: mpsc::UnboundedSender<Event>,
@@ -93,6 +108,50 @@ struct Context {
 }
 
 impl Context {
+    fn observed(&self, host: &str) -> HostContainers {
+        self.observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits for the host's gate (if any), then its containers (listed once).
+    async fn open_host(&self, host: &str) -> Result<HostContainers, String> {
+        if let Some(gate) = self.gates.get(host) {
+            let mut gate = gate.clone();
+            let state = gate
+                .wait_for(|g| *g != Gate::Waiting)
+                .await
+                .map(|g| g.clone())
+                .unwrap_or(Gate::Failed("the host never became ready".into()));
+            if let Gate::Failed(reason) = state {
+                return Err(reason);
+            }
+        }
+        if let Some(known) = self
+            .observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+        {
+            return Ok(known.clone());
+        }
+        let engine = self
+            .engines
+            .get(host)
+            .ok_or_else(|| "no engine configured for this host".to_string())?;
+        let list = engine.list_managed().await.map_err(|e| e.to_string())?;
+        let containers: HostContainers =
+            Arc::new(list.into_iter().map(|o| (o.name.clone(), o)).collect());
+        self.observed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), containers.clone());
+        Ok(containers)
+    }
+
     fn event(&self, host: &str, service: &str, container: &str, message: impl Into<String>) {
         let _ = self.events.send(Event {
             at: self.started.elapsed(),
@@ -118,15 +177,29 @@ pub async fn run(
     filters: &Filters,
     events: mpsc::UnboundedSender<Event>,
 ) -> Outcome {
+    run_gated(services, engines, operation, filters, events, Gates::new()).await
+}
+
+/// [`run`] where some hosts open later: their services wait for the gate (deploy-servers hands
+/// each node over as soon as it is active; nothing waits for the whole rack).
+pub async fn run_gated(
+    services: Vec<RenderedService>,
+    engines: Engines,
+    operation: Operation,
+    filters: &Filters,
+    events: mpsc::UnboundedSender<Event>,
+    gates: Gates,
+) -> Outcome {
     let started = Instant::now();
     let services = apply_filters(services, filters);
     let mut outcome = Outcome::default();
 
-    // One list call per host, all hosts at once: the whole observed state.
+    // One list call per host, all open hosts at once: the whole observed state.
     let hosts: BTreeSet<String> = services
         .iter()
         .flat_map(|s| s.hosts.iter().map(|(h, _)| h.clone()))
         .chain(filtered_hosts(&engines, filters))
+        .filter(|h| !gates.contains_key(h))
         .collect();
     let observations = futures::future::join_all(hosts.iter().map(|host| {
         let engine = engines.get(host).cloned();
@@ -168,7 +241,13 @@ pub async fn run(
     }
     let mut context = Context {
         engines,
-        observed,
+        observed: std::sync::Mutex::new(
+            observed
+                .into_iter()
+                .map(|(h, o): (String, HashMap<String, Observed>)| (h, Arc::new(o)))
+                .collect(),
+        ),
+        gates,
         operation,
         started,
         events,
@@ -365,8 +444,31 @@ async fn converge_host(
     let Some(engine) = context.engines.get(host) else {
         return (rows, None);
     };
-    let empty = HashMap::new();
-    let observed = context.observed.get(host).unwrap_or(&empty);
+    let observed = match context.open_host(host).await {
+        Ok(observed) => observed,
+        Err(reason) => {
+            let service = containers
+                .first()
+                .map(|c| c.service.clone())
+                .unwrap_or_default();
+            context.event(
+                host,
+                &service,
+                "-",
+                format!("FAILED: host not ready: {reason}"),
+            );
+            return (
+                rows,
+                Some(Failure {
+                    host: host.to_string(),
+                    service,
+                    container: "-".into(),
+                    reason: format!("host not ready: {reason}"),
+                    logs: Vec::new(),
+                }),
+            );
+        }
+    };
     for spec in containers {
         let started = Instant::now();
         let mode = Mode {
@@ -544,7 +646,11 @@ async fn run_bootstrap(
     let Some(engine) = context.engines.get(host) else {
         return Err(failure("no engine for this host".into(), Vec::new()));
     };
-    let observed = context.observed.get(host).and_then(|o| o.get(&spec.name));
+    let containers = context
+        .open_host(host)
+        .await
+        .map_err(|reason| failure(format!("host not ready: {reason}"), Vec::new()))?;
+    let observed = containers.get(&spec.name);
     let force = context.operation == Operation::Upgrade;
     let started = Instant::now();
     let action = bootstrap_action(spec, observed, force);
@@ -671,7 +777,7 @@ async fn teardown(
                 let Some(engine) = context.engines.get(host) else {
                     return (rows, failures);
                 };
-                let observed = context.observed.get(host).cloned().unwrap_or_default();
+                let observed = context.observed(host);
                 // Catalog containers in reverse order first, then anything else Kiln labelled (only
                 // destroy removes those: stop touches only what the catalog names).
                 let mut names: Vec<(String, String)> = services

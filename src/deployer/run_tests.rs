@@ -280,3 +280,82 @@ async fn upgrade_pulls_and_reruns_bootstrap() {
         "{calls:?}"
     );
 }
+
+#[tokio::test]
+async fn gated_hosts_join_when_they_open_and_a_failed_gate_fails_their_services() {
+    use super::run::{Gate, run_gated};
+    let rig = rig();
+    let rendered = render(&rig.catalog, &rig.hosts, &globals(), &rig.passwords).unwrap();
+    let engines: BTreeMap<String, Arc<dyn Engine>> = rig
+        .sims
+        .iter()
+        .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
+        .collect();
+    let (open_n3, gate_n3) = tokio::sync::watch::channel(Gate::Waiting);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<super::run::Event>();
+    let gates = std::collections::HashMap::from([("n3".to_string(), gate_n3)]);
+    let filters = Filters::default();
+    let hand_over = async {
+        // n1 and n2 proceed while n3 is still being imaged: n2's agent comes up first.
+        loop {
+            let event = events.recv().await.expect("events");
+            if event.host == "n2" && event.container == "agent" && event.message == "running" {
+                break;
+            }
+        }
+        assert!(rig.ids()["n3"].is_empty(), "n3 untouched while gated");
+        open_n3.send(Gate::Open).unwrap();
+    };
+    let (outcome, ()) = tokio::join!(
+        run_gated(
+            rendered.clone(),
+            engines,
+            Operation::Deploy,
+            &filters,
+            tx,
+            gates
+        ),
+        hand_over
+    );
+    assert!(outcome.ok(), "{outcome:?}");
+    assert_eq!(
+        rig.ids()["n3"].keys().collect::<Vec<_>>(),
+        ["agent", "api", "db"]
+    );
+
+    // A fresh rack where n3's provisioning fails: its services fail, their dependents skip.
+    let rig = super::run_tests::rig();
+    let engines: BTreeMap<String, Arc<dyn Engine>> = rig
+        .sims
+        .iter()
+        .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
+        .collect();
+    let (fail_n3, gate_n3) = tokio::sync::watch::channel(Gate::Waiting);
+    fail_n3
+        .send(Gate::Failed(
+            "deploy-failed: image checksum mismatch".into(),
+        ))
+        .unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let gates = std::collections::HashMap::from([("n3".to_string(), gate_n3)]);
+    let outcome = run_gated(
+        rendered,
+        engines,
+        Operation::Deploy,
+        &Filters::default(),
+        tx,
+        gates,
+    )
+    .await;
+    assert!(
+        outcome
+            .failures
+            .iter()
+            .any(|f| f.host == "n3" && f.service == "db" && f.reason.contains("checksum mismatch"))
+    );
+    assert!(outcome.skipped.iter().any(|(s, _)| s == "api"));
+    assert!(
+        rig.ids()["n2"].contains_key("agent"),
+        "independent hosts still served"
+    );
+}
