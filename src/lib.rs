@@ -10,5 +10,7 @@ pub mod conductor;
 pub mod deployer;
 pub mod images;
 pub mod inventory;
+pub mod lab;
 pub mod model;
+pub mod pipeline;
 pub mod store;

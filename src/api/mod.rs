@@ -31,6 +31,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/nodes", get(list_nodes))
+        .route("/progress", get(rack_progress))
         .route("/nodes/{name}", get(show_node).delete(delete_node))
         .route("/nodes/{name}/history", get(node_history))
         .route("/nodes/{name}/events", get(node_events))
@@ -90,6 +91,42 @@ async fn show_node(
         });
     }
     Ok(Json(body))
+}
+
+/// Every node's phase in one reply, for live progress (`kiln deploy-servers`): state, why it
+/// waits, the deploy step and image progress, the last error. Secrets are never part of it.
+async fn rack_progress(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let store = state.conductor.store();
+    let nodes = store.list_nodes().await?;
+    let mut out = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let mut entry = serde_json::json!({
+            "name": node.spec.name,
+            "provision_state": node.provision_state,
+            "target_provision_state": node.target_provision_state,
+            "last_error": node.last_error,
+            "waiting": state.conductor.waiting_reason(&node),
+            "power_state": node.power_state,
+            "bmc_error": node.bmc_error,
+            "updated_at": node.updated_at,
+        });
+        if node.provision_state.is_transient()
+            && let Some(deploy) = store.deployment(node.uuid).await?
+        {
+            entry["deploy"] = serde_json::json!({
+                "step": deploy.step,
+                "step_started_at": deploy.step_started_at,
+                "agent_seen_at": deploy.agent_seen_at,
+                "done": deploy.progress.as_ref().map(|p| p.done),
+                "total": deploy.progress.as_ref().and_then(|p| p.total),
+                "rate": deploy.progress.as_ref().map(|p| p.rate),
+            });
+        }
+        out.push(entry);
+    }
+    Ok(Json(out))
 }
 
 async fn delete_node(

@@ -4,7 +4,9 @@ mod boot;
 mod client;
 pub mod config;
 mod deploy;
+mod deploy_servers;
 mod image;
+mod lab;
 mod output;
 mod serve;
 mod services;
@@ -89,6 +91,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// A virtual rack on this machine that outlives the command: QEMU VMs behind `kiln vbmc`
+    /// and a Kiln daemon, all inside a network namespace of their own (`up`, `status`, `down`).
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
     /// Offline inventory tools.
     Inventory {
         #[command(subcommand)]
@@ -112,6 +120,23 @@ enum Command {
     Services {
         #[command(subcommand)]
         command: services::ServicesCommand,
+    },
+    /// Racked hardware to a running cloud: enroll, verify, provision every node and deploy the
+    /// catalog's services on each node as soon as it is active. Re-run to continue.
+    DeployServers {
+        #[command(flatten)]
+        options: deploy_servers::PipelineOptions,
+    },
+    /// Lab reset: re-image the given nodes (or --all) and deploy their services again, back to
+    /// what the inventory describes. Nodes that are up go straight back into PXE (Ironic rebuild).
+    Reset {
+        #[command(flatten)]
+        options: deploy_servers::PipelineOptions,
+        /// Every node of the inventory.
+        #[arg(long, conflicts_with = "nodes")]
+        all: bool,
+        /// Node names.
+        nodes: Vec<String>,
     },
     /// Fill passwords.yaml with random secrets for every password the catalog needs (keeps
     /// existing values; mode 0600; values are never printed).
@@ -276,6 +301,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Node { command } => node_command(&settings, command, cli.json).await,
+        Command::Lab { command } => lab::run(command, cli.json).await,
         Command::Vbmc => vbmc(&cli).await,
         Command::Image {
             command,
@@ -287,6 +313,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Services { command } => services::run(command, &settings.data_dir, cli.json).await,
         Command::Genpwd { passwords, catalog } => services::genpwd(&passwords, catalog.as_deref()),
+        Command::DeployServers { options } => {
+            deploy_servers::run(
+                client(&settings)?,
+                &settings.data_dir,
+                &options,
+                None,
+                cli.json,
+            )
+            .await
+        }
+        Command::Reset {
+            options,
+            all,
+            nodes,
+        } => {
+            if !all && nodes.is_empty() {
+                bail!("name the nodes to reset, or --all");
+            }
+            let client = client(&settings)?;
+            deploy_servers::run(client, &settings.data_dir, &options, Some(nodes), cli.json).await
+        }
         Command::Dhcp {
             command: DhcpCommand::Leases,
         } => {

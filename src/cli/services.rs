@@ -42,6 +42,10 @@ pub struct CommonOptions {
     /// Only these services (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub tags: Vec<String>,
+    /// Directory of `docker save` archives (`keystone.tar`, …, as images/kolla/build.sh
+    /// writes them): an image a host lacks is streamed to its engine from here instead of pulled.
+    #[arg(long, env = "KILN_IMAGE_ARCHIVES")]
+    pub image_archives: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,12 +88,12 @@ pub enum ServicesCommand {
 
 /// Everything a command needs, loaded and validated up front: a typo stops here, before any
 /// engine is touched.
-struct Loaded {
-    hosts: Vec<Host>,
-    catalog: Catalog,
-    passwords: Passwords,
-    rendered: Vec<RenderedService>,
-    filters: Filters,
+pub(super) struct Loaded {
+    pub hosts: Vec<Host>,
+    pub catalog: Catalog,
+    pub passwords: Passwords,
+    pub rendered: Vec<RenderedService>,
+    pub filters: Filters,
 }
 
 fn load(options: &CommonOptions) -> Result<Loaded> {
@@ -122,6 +126,7 @@ fn load(options: &CommonOptions) -> Result<Loaded> {
     let filters = Filters {
         hosts: (!options.limit.is_empty()).then(|| options.limit.iter().cloned().collect()),
         services: (!options.tags.is_empty()).then(|| options.tags.iter().cloned().collect()),
+        image_archives: options.image_archives.clone(),
     };
     Ok(Loaded {
         hosts,
@@ -130,6 +135,24 @@ fn load(options: &CommonOptions) -> Result<Loaded> {
         rendered,
         filters,
     })
+}
+
+/// For deploy-servers: like [`load`], but missing passwords are generated first (the rack's
+/// first run needs no separate `kiln genpwd`).
+pub(super) fn load_for_rack(options: &CommonOptions) -> Result<Loaded> {
+    let catalog = match &options.catalog {
+        Some(dir) => Catalog::load_dir(dir)?,
+        None => Catalog::builtin()?,
+    };
+    let filled = Passwords::fill(&options.passwords, &catalog)?;
+    if !filled.is_empty() {
+        eprintln!(
+            "generated {} missing passwords into {} (mode 0600)",
+            filled.len(),
+            options.passwords.display()
+        );
+    }
+    load(options)
 }
 
 fn engines(hosts: &[Host], data_dir: &Path) -> Result<BTreeMap<String, Arc<dyn Engine>>> {
@@ -199,13 +222,33 @@ pub async fn execute(
     filters: &Filters,
     json: bool,
 ) -> Outcome {
+    execute_gated(
+        rendered,
+        engines,
+        operation,
+        filters,
+        json,
+        run::Gates::new(),
+    )
+    .await
+}
+
+/// [`execute`] with hosts that open later (deploy-servers).
+pub async fn execute_gated(
+    rendered: Vec<RenderedService>,
+    engines: BTreeMap<String, Arc<dyn Engine>>,
+    operation: Operation,
+    filters: &Filters,
+    json: bool,
+    gates: run::Gates,
+) -> Outcome {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let printer = tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             print_event(&event, json);
         }
     });
-    let outcome = run::run(rendered, engines, operation, filters, tx).await;
+    let outcome = run::run_gated(rendered, engines, operation, filters, tx, gates).await;
     let _ = printer.await;
     outcome
 }

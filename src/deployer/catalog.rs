@@ -22,6 +22,10 @@ pub struct Service {
     /// Inventory groups whose hosts run this service (any one of them places it).
     #[serde(deserialize_with = "one_or_many")]
     pub group: Vec<String>,
+    /// At most this many hosts of the group run the service (the first ones in inventory
+    /// order): `1` for a single database server, as Kiln forms no Galera cluster.
+    #[serde(default)]
+    pub count: Option<usize>,
     /// Enabled unless globals say `enable_<name>: false` (or `true` for a service off by default).
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -276,6 +280,9 @@ impl Catalog {
         for (name, service) in &self.services {
             if service.group.is_empty() {
                 return Err(invalid(name, "group lists no inventory group".into()));
+            }
+            if service.count == Some(0) {
+                return Err(invalid(name, "count must be at least 1".into()));
             }
             if service.containers.is_empty() {
                 return Err(invalid(name, "lists no containers".into()));

@@ -77,19 +77,30 @@ pub fn render(
         }
     }
 
+    // Where each enabled service runs, for templates that point at it
+    // (`service_hosts['rabbitmq']` → [{name, address}]).
+    let mut service_hosts = serde_json::Map::new();
+    for (name, service) in &catalog.services {
+        if globals.enabled(name, service.enabled) {
+            let placed: Vec<serde_json::Value> = place(service, hosts)
+                .iter()
+                .map(|h| json!({"name": h.name, "address": h.address.to_string()}))
+                .collect();
+            service_hosts.insert(name.clone(), serde_json::Value::Array(placed));
+        }
+    }
+    base.insert(
+        "service_hosts".into(),
+        serde_json::Value::Object(service_hosts),
+    );
+
     let mut rendered = Vec::new();
     for name in catalog.ordered() {
         let service = &catalog.services[name];
         if !globals.enabled(name, service.enabled) {
             continue;
         }
-        let placed: Vec<&Host> = hosts
-            .iter()
-            .filter(|h| {
-                h.groups.iter().any(|g| service.group.contains(g))
-                    || service.group.iter().any(|g| g == "all")
-            })
-            .collect();
+        let placed = place(service, hosts);
         if placed.is_empty() {
             continue;
         }
@@ -152,6 +163,18 @@ pub fn render(
         });
     }
     Ok(rendered)
+}
+
+/// The hosts of the service's groups (or every host for `all`), at most `count` of them.
+fn place<'h>(service: &super::catalog::Service, hosts: &'h [Host]) -> Vec<&'h Host> {
+    hosts
+        .iter()
+        .filter(|h| {
+            service.group.iter().any(|g| g == "all")
+                || h.groups.iter().any(|g| service.group.contains(g))
+        })
+        .take(service.count.unwrap_or(usize::MAX))
+        .collect()
 }
 
 struct Renderer<'a> {
@@ -359,6 +382,16 @@ mod tests {
         );
         // Bootstrap runs once, on the first host.
         assert_eq!(keystone.bootstrap.as_ref().unwrap().0, "c1");
+        // One database server and one broker, on the first control host.
+        let mariadb = rendered.iter().find(|s| s.name == "mariadb").unwrap();
+        assert_eq!(
+            mariadb
+                .hosts
+                .iter()
+                .map(|(h, _)| h.as_str())
+                .collect::<Vec<_>>(),
+            ["c1"]
+        );
         // Compute services only land on compute hosts.
         if let Some(nova) = rendered.iter().find(|s| s.name == "nova-compute") {
             assert_eq!(nova.hosts.len(), 1);

@@ -33,6 +33,9 @@ pub struct Filters {
     pub hosts: Option<BTreeSet<String>>,
     /// `--tags`: only these services.
     pub services: Option<BTreeSet<String>>,
+    /// A directory of `docker save` archives named after the image (`keystone.tar` for
+    /// `…/kolla/keystone:tag`): a missing image is loaded from there instead of pulled.
+    pub image_archives: Option<std::path::PathBuf>,
 }
 
 /// One line of live progress.
@@ -105,6 +108,7 @@ struct Context {
     events: mpsc::UnboundedSender<Event>,
     /// Image IDs resolved by the upgrade pull, per host and image.
     pulled: BTreeMap<(String, String), String>,
+    image_archives: Option<std::path::PathBuf>,
 }
 
 impl Context {
@@ -248,6 +252,7 @@ pub async fn run_gated(
                 .collect(),
         ),
         gates,
+        image_archives: filters.image_archives.clone(),
         operation,
         started,
         events,
@@ -567,16 +572,36 @@ async fn ensure_image(
     host: &str,
     spec: &ContainerSpec,
 ) -> Result<(), EngineError> {
-    if engine.image_id(&spec.image).await?.is_none() {
+    if engine.image_id(&spec.image).await?.is_some() {
+        return Ok(());
+    }
+    if let Some(archive) = archive_for(context.image_archives.as_deref(), &spec.image) {
         context.event(
             host,
             &spec.service,
             &spec.name,
-            format!("pulling {}", spec.image),
+            format!("loading {}", archive.display()),
         );
-        engine.pull(&spec.image).await?;
+        return engine.load_archive(&archive, &spec.image).await;
     }
-    Ok(())
+    context.event(
+        host,
+        &spec.service,
+        &spec.name,
+        format!("pulling {}", spec.image),
+    );
+    engine.pull(&spec.image).await
+}
+
+/// `DIR/NAME.tar` for `…/NAME:tag`, if it exists.
+fn archive_for(dir: Option<&std::path::Path>, image: &str) -> Option<std::path::PathBuf> {
+    let repo = image
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map_or(image, |(r, _)| r);
+    let name = repo.rsplit('/').next()?;
+    let path = dir?.join(format!("{name}.tar"));
+    path.exists().then_some(path)
 }
 
 /// Ok(result word) once ready; Err(plain-words reason) otherwise.

@@ -359,3 +359,36 @@ async fn gated_hosts_join_when_they_open_and_a_failed_gate_fails_their_services(
         "independent hosts still served"
     );
 }
+
+#[tokio::test]
+async fn images_missing_on_a_host_are_loaded_from_archives_when_present() {
+    let rig = rig();
+    let archives = tempfile::tempdir().unwrap();
+    std::fs::write(archives.path().join("db.tar"), b"archive").unwrap();
+    let rendered = render(&rig.catalog, &rig.hosts, &globals(), &rig.passwords).unwrap();
+    let engines: BTreeMap<String, Arc<dyn Engine>> = rig
+        .sims
+        .iter()
+        .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
+        .collect();
+    let filters = Filters {
+        image_archives: Some(archives.path().to_path_buf()),
+        ..Filters::default()
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = run(rendered, engines, Operation::Deploy, &filters, tx).await;
+    assert!(outcome.ok(), "{outcome:?}");
+    let calls = rig.sims["n1"].calls();
+    assert!(
+        calls.contains(&"load localhost:5000/test/db:1".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"pull localhost:5000/test/api:1".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c == "pull localhost:5000/test/db:1"),
+        "{calls:?}"
+    );
+}

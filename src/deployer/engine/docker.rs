@@ -132,6 +132,40 @@ fn ensure_deployer_client(dir: &Path) -> Result<(), String> {
         .map_err(|err| format!("Kiln's CA in {}: {err}", dir.display()))
 }
 
+/// `RepoTags` of a `docker save` archive (its manifest.json).
+fn archive_tags(archive: &Path) -> std::io::Result<Vec<String>> {
+    let file = std::fs::File::open(archive)?;
+    let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.to_str() == Some("manifest.json") {
+            let manifest: Vec<serde_json::Value> = serde_json::from_reader(&mut entry)?;
+            return Ok(manifest
+                .iter()
+                .flat_map(|m| m["RepoTags"].as_array().cloned().unwrap_or_default())
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect());
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// "reg:5000/kolla/keystone:tag" → "kolla/keystone:tag" (the part after the registry host).
+fn image_path(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => rest,
+        _ => image,
+    }
+}
+
+/// "reg:5000/kolla/keystone:tag" → ("reg:5000/kolla/keystone", "tag").
+fn split_tag(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
 fn managed_filter() -> HashMap<String, Vec<String>> {
     HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])])
 }
@@ -274,6 +308,45 @@ impl Engine for DockerEngine {
             }
         }
         Ok(())
+    }
+
+    async fn load_archive(&self, archive: &Path, image: &str) -> Result<(), EngineError> {
+        let tags =
+            archive_tags(archive).map_err(|e| EngineError::failed("read archive", image, e))?;
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|e| EngineError::failed("open archive", image, e))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+        let options = bollard::query_parameters::ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.import_image_stream(options, body, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| self.unreachable_or("load", image, e))?;
+            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                return Err(EngineError::failed("load", image, error));
+            }
+        }
+        if self.image_id(image).await?.is_some() {
+            return Ok(());
+        }
+        // The archive names the image without our registry: tag the one whose path matches.
+        let wanted = image_path(image);
+        let source = tags
+            .iter()
+            .find(|t| image_path(t) == wanted)
+            .or(tags.first())
+            .ok_or_else(|| EngineError::failed("load", image, "the archive has no tagged image"))?;
+        let (repo, tag) = split_tag(image);
+        let options = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+        };
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| self.unreachable_or("tag", image, e))
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError> {
@@ -572,6 +645,24 @@ mod tests {
         assert_eq!(
             parse_status("Restarting (1) 2 seconds ago").0,
             RunState::Restarting
+        );
+    }
+
+    #[test]
+    fn image_names() {
+        assert_eq!(
+            image_path("10.0.0.1:5000/kolla/keystone:z"),
+            "kolla/keystone:z"
+        );
+        assert_eq!(image_path("localhost/kolla/keystone:z"), "kolla/keystone:z");
+        assert_eq!(image_path("kolla/keystone:z"), "kolla/keystone:z");
+        assert_eq!(
+            split_tag("10.0.0.1:5000/kolla/keystone:z"),
+            ("10.0.0.1:5000/kolla/keystone", "z")
+        );
+        assert_eq!(
+            split_tag("10.0.0.1:5000/kolla/keystone"),
+            ("10.0.0.1:5000/kolla/keystone", "latest")
         );
     }
 

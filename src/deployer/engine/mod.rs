@@ -52,6 +52,10 @@ pub trait Engine: Send + Sync {
     /// The local image ID a reference resolves to, if the image is present.
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
     async fn pull(&self, image: &str) -> Result<(), EngineError>;
+    /// Loads a `docker save` archive and tags its image as `image` (image distribution without a
+    /// registry: the deployer streams the appliance's archive to the engine).
+    async fn load_archive(&self, archive: &std::path::Path, image: &str)
+    -> Result<(), EngineError>;
     /// Creates the container (and its labelled named volumes) and uploads its files; does not
     /// start it.
     async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError>;

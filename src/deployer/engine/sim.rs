@@ -119,6 +119,21 @@ impl Engine for SimEngine {
         Ok(())
     }
 
+    async fn load_archive(
+        &self,
+        archive: &std::path::Path,
+        image: &str,
+    ) -> Result<(), EngineError> {
+        if !archive.exists() {
+            return Err(EngineError::failed("load", image, "no such archive"));
+        }
+        let mut state = self.lock();
+        state.calls.push(format!("load {image}"));
+        let id = format!("sha256:{}", crate::deployer::spec::short_digest(image));
+        state.images.insert(image.to_string(), id);
+        Ok(())
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError> {
         let mut state = self.lock();
         if state.containers.contains_key(&spec.name) {
