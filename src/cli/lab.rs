@@ -40,6 +40,42 @@ pub enum LabCommand {
         #[command(flatten)]
         place: Place,
     },
+    /// The whole job on the virtual rack: `lab up` (unless up), `kiln deploy-servers` with a
+    /// small OpenStack slice, then a check that the cloud answers (a keystone token from every
+    /// control node). Leaves the lab up; `kiln reset --all` and `kiln lab down` follow.
+    Demo {
+        #[command(flatten)]
+        place: Place,
+        #[arg(long, default_value_t = 2)]
+        nodes: u32,
+        #[arg(long)]
+        uefi: Option<u32>,
+        #[arg(long, default_value_t = 1536, value_parser = clap::value_parser!(u32).range(256..=65536))]
+        memory_mb: u32,
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        disk_gb: u32,
+        #[arg(long, env = "KILN_FILES_ROOT", default_value = lab::DEFAULT_FILES_ROOT)]
+        files_root: PathBuf,
+        #[arg(long)]
+        build_images: bool,
+        /// Services to deploy (comma-separated catalog names).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "mariadb,memcached,keystone"
+        )]
+        services: Vec<String>,
+        /// A catalog directory instead of the built-in one.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+        /// Image archives (`images/kolla/build.sh --export DIR`).
+        #[arg(
+            long,
+            env = "KILN_IMAGE_ARCHIVES",
+            default_value = "/var/cache/kiln-images/kolla/export"
+        )]
+        image_archives: PathBuf,
+    },
     /// Stop everything the lab runs (VMs included) and remove its namespace and directory. Safe
     /// to repeat and on a half-built lab.
     Down {
@@ -95,6 +131,56 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
                 print_up(&lab);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Demo {
+            place,
+            nodes,
+            uefi,
+            memory_mb,
+            disk_gb,
+            files_root,
+            build_images,
+            services,
+            catalog,
+            image_archives,
+        } => {
+            let options = lab::demo::DemoOptions {
+                up: UpOptions {
+                    name: place.name.unwrap_or_else(|| lab::DEFAULT_NAME.into()),
+                    dir: place.dir,
+                    nodes,
+                    uefi,
+                    memory_mb,
+                    disk_gb,
+                    files_root,
+                    build_images,
+                    kiln: std::env::current_exe().context("cannot find this binary")?,
+                },
+                services,
+                catalog,
+                image_archives,
+            };
+            let report = lab::demo::demo(&options, &mut |step| eprintln!("lab demo: {step}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for (address, result) in &report.checks {
+                    match result {
+                        Ok(text) => println!("check {address}: {text}"),
+                        Err(text) => println!("check {address}: FAILED: {text}"),
+                    }
+                }
+                println!(
+                    "lab demo {}: deploy-servers took {:.0} s",
+                    if report.ok() { "passed" } else { "FAILED" },
+                    report.deploy_seconds
+                );
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         LabCommand::Status { place } => {
             let status = lab::status(place.name.as_deref(), &place.dir)?;

@@ -275,6 +275,20 @@ mod tests {
     }
 
     #[test]
+    fn shipped_examples_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let hosts = load(&root.join("hosts.yaml")).expect("examples/hosts.yaml");
+        assert_eq!(hosts.len(), 4);
+        assert!(matches!(hosts[3].endpoint, Endpoint::Ssh(_)));
+        let rack = load(&root.join("rack.yaml")).expect("examples/rack.yaml as hosts");
+        assert!(rack.iter().all(|h| matches!(
+            &h.endpoint,
+            Endpoint::Tls { address, tls: TlsSource::Kiln } if address.ends_with(":2376")
+        )));
+        assert!(rack[0].groups.contains(&"control".to_string()));
+    }
+
+    #[test]
     fn bad_hosts_are_named() {
         let err = parse_hosts("hosts:\n  - {name: a, docker: 'http://x:1'}\n").unwrap_err();
         assert!(err.contains("hosts[0]: docker:"), "{err}");

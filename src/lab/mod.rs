@@ -7,6 +7,7 @@
 //! the namespace are in [`host`]; building the lab is `up`, asking it [`status`], and removing
 //! it [`down`] (here).
 
+pub mod demo;
 pub mod host;
 pub mod plan;
 pub mod status;

@@ -79,11 +79,15 @@ pub fn vms(nodes: u32, uefi: Option<u32>) -> Result<Vec<LabVm>, PlanError> {
         .collect())
 }
 
-/// The first node runs the control plane and the network services; a one-node lab computes too.
+/// The first node runs the control plane and the network services; the second is a control
+/// and compute node; the rest compute. A one-node lab computes too.
 fn roles(index: u32, nodes: u32) -> Vec<&'static str> {
     match (index, nodes) {
         (1, 1) => vec!["control", "network", "compute"],
         (1, _) => vec!["control", "network"],
+        // A second control host, so an API service runs on two nodes (the database and the
+        // broker stay on the first: the catalog places them once).
+        (2, _) => vec!["control", "compute"],
         _ => vec!["compute"],
     }
 }
@@ -217,7 +221,7 @@ mod tests {
         );
         let plan = vms(3, None).unwrap();
         assert_eq!(plan[0].roles, ["control", "network"]);
-        assert_eq!(plan[1].roles, ["compute"]);
+        assert_eq!(plan[1].roles, ["control", "compute"]);
         assert_eq!(plan[2].roles, ["compute"]);
     }
 
@@ -282,7 +286,7 @@ mod tests {
             assert_eq!(node.ssh_keys, [key.trim()]);
         }
         assert_eq!(inventory.nodes[0].roles, [Role::Control, Role::Network]);
-        assert_eq!(inventory.nodes[1].roles, [Role::Compute]);
+        assert_eq!(inventory.nodes[1].roles, [Role::Control, Role::Compute]);
         let without_key = rack_inventory(&plan, "x", None);
         let inventory = crate::inventory::parse("rack.yaml", &without_key).unwrap();
         assert!(inventory.nodes.iter().all(|n| n.ssh_keys.is_empty()));
