@@ -399,6 +399,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_registry_gives_local_image_names() {
+        let (catalog, hosts, globals, passwords) = setup();
+        let local = globals.with("docker_registry", "");
+        let rendered = render(&catalog, &hosts, &local, &passwords).unwrap();
+        let keystone = rendered.iter().find(|s| s.name == "keystone").unwrap();
+        assert_eq!(
+            keystone.hosts[0].1[0].image,
+            "kolla/keystone:zed-debian-bookworm"
+        );
+    }
+
+    #[test]
     fn disabled_services_and_changes_are_visible() {
         let (catalog, hosts, globals, passwords) = setup();
         let off = globals.clone().with("enable_glance", false);

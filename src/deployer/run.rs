@@ -109,6 +109,8 @@ struct Context {
     /// Image IDs resolved by the upgrade pull, per host and image.
     pulled: BTreeMap<(String, String), String>,
     image_archives: Option<std::path::PathBuf>,
+    /// One fetch per (host, image) at a time: services sharing an image wait for the first.
+    fetching: std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
@@ -253,6 +255,7 @@ pub async fn run_gated(
         ),
         gates,
         image_archives: filters.image_archives.clone(),
+        fetching: std::sync::Mutex::default(),
         operation,
         started,
         events,
@@ -574,6 +577,18 @@ async fn ensure_image(
 ) -> Result<(), EngineError> {
     if engine.image_id(&spec.image).await?.is_some() {
         return Ok(());
+    }
+    let key = (host.to_string(), spec.image.clone());
+    let lock = context
+        .fetching
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default()
+        .clone();
+    let _fetching = lock.lock().await;
+    if engine.image_id(&spec.image).await?.is_some() {
+        return Ok(()); // another service on this host fetched it meanwhile
     }
     if let Some(archive) = archive_for(context.image_archives.as_deref(), &spec.image) {
         context.event(

@@ -101,6 +101,36 @@ pub fn demo(options: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<Dem
         })?;
     let deploy_seconds = started.elapsed().as_secs_f64();
     let mut checks = Vec::new();
+    if status.success() {
+        // Every service healthy and nothing drifted: a second deploy must change nothing.
+        let mut again = args.clone();
+        if let Some(position) = again.iter().position(|a| a == "deploy-servers") {
+            again[position] = "services".into();
+            again.insert(position + 1, "deploy".into());
+        }
+        progress("checking every node's services: kiln services deploy (must change nothing)");
+        let out = Command::new("ip").args(&again).output();
+        let result = match out {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let summary = text.lines().last().unwrap_or("").to_string();
+                if summary.contains(" 0 changed, 0 failed") {
+                    Ok(format!("services: {summary}"))
+                } else {
+                    Err(format!("services drifted: {summary}"))
+                }
+            }
+            Ok(out) => Err(format!(
+                "kiln services deploy failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            )),
+            Err(e) => Err(format!("cannot run kiln services deploy: {e}")),
+        };
+        checks.push(("all nodes".to_string(), result));
+    }
     if status.success() && options.services.iter().any(|s| s == "keystone") {
         let password = Passwords::load(&passwords)
             .ok()

@@ -92,7 +92,12 @@ pub async fn drive(
             }
             let phase = Phase::of(view);
             let entry = times.entry(view.name.clone()).or_default();
-            note_milestones(entry, &phase, at);
+            // A node about to be re-imaged has not reached anything of this run yet.
+            let awaiting_reimage =
+                options.reimage.contains(&view.name) && !left_active.contains(&view.name);
+            if !awaiting_reimage {
+                note_milestones(entry, &phase, at);
+            }
             let line = phase.describe(view);
             let key = line_key(&phase, &line);
             if last_line.get(&view.name) != Some(&key) {
@@ -147,7 +152,8 @@ pub async fn drive(
                     }
                     attempts.record(&view.name, verb);
                     last_sent.insert(view.name.clone(), (state, verb));
-                    if verb == "rebuild" {
+                    // Any (re)deploy of a reset node counts as its re-imaging.
+                    if verb == "rebuild" || verb == "deploy" {
                         reimage_sent.insert(view.name.clone());
                     }
                     if let Err(err) = api.verb(&view.name, verb).await {

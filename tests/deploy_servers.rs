@@ -1,0 +1,237 @@
+//! `kiln deploy-servers`, `kiln lab demo` and `kiln reset` on a virtual rack of two QEMU TCG VMs
+//! (one BIOS, one UEFI): a deploy-servers run killed mid-imaging, then `kiln lab demo` finishing
+//! the job without re-imaging (power-off → containers healthy on both VMs, its check passing),
+//! then `kiln reset --all` re-imaging both and bringing their services back. Every run prints the
+//! per-node phase table; the test asserts on it. Services: the small busybox catalog
+//! (tests/catalog/dind), whose image is streamed to the nodes from a `docker save` archive.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+const CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/catalog/dind");
+
+fn run(command: &mut Command) -> (i32, String, String) {
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kiln lab down` on drop, so a failing test leaves nothing running.
+struct Rack {
+    name: String,
+    dir: PathBuf,
+    archives: PathBuf,
+    _parent: tempfile::TempDir,
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        let _ = Command::new(KILN)
+            .args(["lab", "down", "--name", &self.name, "--dir"])
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+impl Rack {
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// kiln inside the lab's namespace, with the lab's data directory.
+    fn kiln(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name, KILN, "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(args);
+        command
+    }
+
+    /// deploy-servers / reset arguments shared with what `lab demo` runs.
+    fn pipeline_args(&self) -> Vec<String> {
+        [
+            "-i",
+            &self.path("rack.yaml"),
+            "--globals",
+            &self.path("globals.yaml"),
+            "--passwords",
+            &self.path("passwords.yaml"),
+            "--catalog",
+            CATALOG,
+            "--image-archives",
+            self.archives.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn imagings(&self, node: &str) -> usize {
+        let (code, out, err) = run(&mut self.kiln(&["--json", "node", "history", node]));
+        assert_eq!(code, 0, "{err}");
+        let items: Vec<serde_json::Value> = serde_json::from_str(&out).expect("history JSON");
+        items
+            .iter()
+            // A new imaging starts from available (deploy), active (rebuild) or deploy-failed;
+            // wait-callback → deploying is the same deploy moving on.
+            .filter(|i| {
+                i["type"] == "transition"
+                    && i["to"] == "deploying"
+                    && matches!(
+                        i["from"].as_str(),
+                        Some("available" | "active" | "deploy-failed")
+                    )
+            })
+            .count()
+    }
+}
+
+/// The busybox image as a `docker save` archive named after the image (busybox.tar).
+fn busybox_archive(dir: &Path) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/images/dind/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("images/dind/build.sh");
+    assert!(out.status.success(), "images/dind/build.sh failed");
+    let images = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let busybox = Path::new(&images).with_file_name("busybox.tar");
+    assert!(busybox.exists(), "{} missing", busybox.display());
+    let archives = dir.join("archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    std::os::unix::fs::symlink(&busybox, archives.join("busybox.tar")).unwrap();
+    archives
+}
+
+/// Rows of the phase table: node → (healthy services, result).
+fn phase_table(stdout: &str) -> Vec<(String, String, String)> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("| rack-"))
+        .map(|l| {
+            let cells: Vec<String> = l.split('|').map(|c| c.trim().to_string()).collect();
+            // | NODE | VERIFIED AT | PROVISION | ACTIVE AT | SERVICES | HEALTHY SERVICES | RESULT |
+            (cells[1].clone(), cells[6].clone(), cells[7].clone())
+        })
+        .collect()
+}
+
+fn assert_rack_healthy(stdout: &str) {
+    let rows = phase_table(stdout);
+    assert_eq!(
+        rows,
+        vec![
+            ("rack-01".into(), "store,web".into(), "ok".into()),
+            ("rack-02".into(), "store,web,worker".into(), "ok".into()),
+        ],
+        "phase table:\n{stdout}"
+    );
+}
+
+#[test]
+fn interrupted_deploy_servers_then_lab_demo_then_reset() {
+    let parent = tempfile::Builder::new()
+        .prefix("kiln-ds-")
+        .tempdir()
+        .unwrap();
+    let archives = busybox_archive(parent.path());
+    let rack = Rack {
+        name: format!("kds{}", std::process::id()),
+        dir: parent.path().join("lab"),
+        archives,
+        _parent: parent,
+    };
+    let (code, out, err) = run(Command::new(KILN)
+        .args([
+            "lab", "up", "--nodes", "2", "--uefi", "1", "--name", &rack.name, "--dir",
+        ])
+        .arg(&rack.dir));
+    assert_eq!(code, 0, "lab up: {out}{err}");
+    std::fs::write(
+        rack.path("globals.yaml"),
+        "docker_registry: \"kiln.local:5000\"\n",
+    )
+    .unwrap();
+
+    // 1. deploy-servers, killed while the nodes are being imaged.
+    let log = rack.dir.join("interrupted.log");
+    let mut args = vec!["deploy-servers".to_string()];
+    args.extend(rack.pipeline_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = rack
+        .kiln(&args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(" imaging") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "no node started imaging:\n{text}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "deploy-servers ended early:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    child.kill().unwrap(); // SIGKILL: no clean-up of any kind
+    child.wait().unwrap();
+    eprintln!(
+        "deploy-servers killed mid-imaging after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. kiln lab demo: the lab is up, so it runs deploy-servers again, which picks the nodes up
+    //    where they are, and checks that every service is healthy and nothing drifted.
+    let started = Instant::now();
+    let (code, out, err) = run(Command::new(KILN)
+        .args(["lab", "demo", "--name", &rack.name, "--dir"])
+        .arg(&rack.dir)
+        .args([
+            "--services",
+            "store,web,worker",
+            "--catalog",
+            CATALOG,
+            "--image-archives",
+        ])
+        .arg(&rack.archives));
+    eprintln!(
+        "lab demo: {:.0} s\n{out}\n{err}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, 0, "lab demo failed");
+    assert!(out.contains("lab demo passed"), "{out}");
+    assert!(out.contains("check all nodes: services:"), "{out}");
+    assert_rack_healthy(&out);
+    for node in ["rack-01", "rack-02"] {
+        assert_eq!(rack.imagings(node), 1, "{node} imaged exactly once");
+    }
+
+    // 3. kiln reset --all: both nodes imaged again, services back.
+    let started = Instant::now();
+    let mut args = vec!["reset".to_string(), "--all".to_string()];
+    args.extend(rack.pipeline_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run(&mut rack.kiln(&args));
+    eprintln!(
+        "reset --all: {:.0} s\n{out}\n{err}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(code, 0, "reset failed");
+    assert_rack_healthy(&out);
+    for node in ["rack-01", "rack-02"] {
+        assert_eq!(rack.imagings(node), 2, "{node} re-imaged by reset");
+    }
+}
