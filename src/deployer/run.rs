@@ -97,6 +97,9 @@ pub type Gates = HashMap<String, watch::Receiver<Gate>>;
 
 type HostContainers = Arc<HashMap<String, Observed>>;
 
+/// Held while one (host, image) is being pulled or loaded.
+type FetchLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Shared by the service tasks.
 struct Context {
     engines: Engines,
@@ -110,7 +113,7 @@ struct Context {
     pulled: BTreeMap<(String, String), String>,
     image_archives: Option<std::path::PathBuf>,
     /// One fetch per (host, image) at a time: services sharing an image wait for the first.
-    fetching: std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    fetching: std::sync::Mutex<HashMap<(String, String), FetchLock>>,
 }
 
 impl Context {
