@@ -85,6 +85,18 @@ pub struct ContainerTemplate {
     pub ports: Vec<String>,
     #[serde(default)]
     pub config: Vec<ConfigFileTemplate>,
+    /// Kolla's config.json `permissions`: ownership `kolla_set_configs` applies at start.
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permission {
+    pub path: String,
+    pub owner: String,
+    #[serde(default)]
+    pub recurse: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -130,6 +142,11 @@ pub struct BootstrapTemplate {
     /// Replaces the base container's command.
     #[serde(default)]
     pub command: Option<String>,
+    /// A standalone one-shot from another image (e.g. the database client creating this
+    /// service's database): only `image`, `environment` and `command` (run with `sh -c`) apply;
+    /// the base container's volumes and files are not used.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -187,8 +204,8 @@ const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
         include_str!("builtin/templates/glance-api.conf.j2"),
     ),
     (
-        "glance-uwsgi.ini.j2",
-        include_str!("builtin/templates/glance-uwsgi.ini.j2"),
+        "erlang.cookie.j2",
+        include_str!("builtin/templates/erlang.cookie.j2"),
     ),
     (
         "placement.conf.j2",

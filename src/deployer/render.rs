@@ -136,10 +136,22 @@ pub fn render(
                         .expect("validated: bootstrap names one of the service's containers");
                     let mut template = base.clone();
                     template.name = b.name.clone();
-                    template
-                        .environment
-                        .insert("KOLLA_BOOTSTRAP".into(), String::new());
-                    template.environment.extend(b.environment.clone());
+                    if let Some(image) = &b.image {
+                        // Standalone: another image, its own command, nothing of the base's.
+                        template.image = image.clone();
+                        template.kolla = false;
+                        template.volumes.clear();
+                        template.config.clear();
+                        template.permissions.clear();
+                        template.cap_add.clear();
+                        template.privileged = false;
+                        template.environment = b.environment.clone();
+                    } else {
+                        template
+                            .environment
+                            .insert("KOLLA_BOOTSTRAP".into(), String::new());
+                        template.environment.extend(b.environment.clone());
+                    }
                     if b.command.is_some() {
                         template.command = b.command.clone();
                     }
@@ -252,7 +264,10 @@ impl Renderer<'_> {
         let (cmd, files) = if t.kolla {
             environment.insert("KOLLA_CONFIG_STRATEGY".into(), "COPY_ALWAYS".into());
             environment.insert("KOLLA_SERVICE_NAME".into(), self.service.to_string());
-            (None, kolla_files(command.as_deref(), &rendered_files))
+            (
+                None,
+                kolla_files(command.as_deref(), &rendered_files, &t.permissions),
+            )
         } else {
             let cmd = command.map(|c| vec!["/bin/sh".to_string(), "-c".to_string(), c]);
             let files = rendered_files
@@ -305,7 +320,11 @@ impl Renderer<'_> {
 
 /// Kolla's contract: files under /var/lib/kolla/config_files plus a config.json telling
 /// `kolla_set_configs` where each goes, its owner and mode, and the command to exec.
-fn kolla_files(command: Option<&str>, files: &[(&ConfigFileTemplate, String)]) -> Vec<FileSpec> {
+fn kolla_files(
+    command: Option<&str>,
+    files: &[(&ConfigFileTemplate, String)],
+    permissions: &[super::catalog::Permission],
+) -> Vec<FileSpec> {
     let mut out = Vec::new();
     let mut entries = Vec::new();
     for (index, (template, content)) in files.iter().enumerate() {
@@ -323,7 +342,11 @@ fn kolla_files(command: Option<&str>, files: &[(&ConfigFileTemplate, String)]) -
             mode: 0o600,
         });
     }
-    let config = json!({"command": command.unwrap_or(""), "config_files": entries});
+    let config = json!({
+        "command": command.unwrap_or(""),
+        "config_files": entries,
+        "permissions": permissions,
+    });
     out.push(FileSpec {
         path: format!("{KOLLA_CONFIG_DIR}/config.json"),
         content: serde_json::to_string_pretty(&config).unwrap_or_default(),
