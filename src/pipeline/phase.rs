@@ -252,7 +252,8 @@ pub fn eta(started_s: u64, active_durations_s: &[u64], remaining: usize) -> Opti
         return None;
     }
     let mean = active_durations_s.iter().sum::<u64>() / active_durations_s.len() as u64;
-    Some(mean.saturating_sub(started_s).max(1))
+    // Past the mean, the rest are late: no honest estimate, so none.
+    mean.checked_sub(started_s).filter(|left| *left > 0)
 }
 
 #[cfg(test)]
@@ -353,7 +354,7 @@ mod tests {
     fn eta_from_finished_nodes() {
         assert_eq!(eta(30, &[100, 140], 2), Some(90));
         assert_eq!(eta(30, &[], 2), None);
-        assert_eq!(eta(300, &[100], 1), Some(1));
+        assert_eq!(eta(300, &[100], 1), None);
         assert_eq!(eta(30, &[100], 0), None);
     }
 }

@@ -26,9 +26,9 @@ const API_VERSION: &bollard::ClientVersion = &bollard::ClientVersion {
     major_version: 1,
     minor_version: 41,
 };
-/// Per-request timeout (seconds); pulls of large images stream for longer than one request
-/// would, so pulls and waits are built from many short requests.
-const REQUEST_TIMEOUT_S: u64 = 600;
+/// Per-request timeout (seconds). One request carries a whole image load (`POST /images/load`),
+/// which on a slow node (TCG VMs: ~1.5 MB/s of layer extraction) takes many minutes.
+const REQUEST_TIMEOUT_S: u64 = 1800;
 
 pub struct DockerEngine {
     docker: Docker,
