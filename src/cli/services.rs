@@ -77,6 +77,17 @@ pub enum ServicesCommand {
         #[arg(long, default_value = "kiln-config")]
         output: PathBuf,
     },
+    /// Run the appliance's image registry (Debian's `docker-registry`) in the foreground: nodes
+    /// pull the catalog's images from it (`docker_registry: ADDR` in globals.yaml; plain HTTP,
+    /// so engines list it under `insecure-registries` — for a provisioning network only).
+    Registry {
+        /// Address to listen on, e.g. 10.99.0.1:5000.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Where the registry keeps its blobs (default DATA_DIR/registry).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
     /// Issue a TLS server certificate for every host from Kiln's CA into a directory.
     Certificates {
         #[command(flatten)]
@@ -172,6 +183,10 @@ pub async fn run(command: ServicesCommand, data_dir: &Path, json: bool) -> Resul
         ServicesCommand::Genconfig { options, output } => return genconfig(options, output),
         ServicesCommand::Certificates { options, output } => {
             return certificates(options, data_dir, output);
+        }
+        ServicesCommand::Registry { listen, root } => {
+            let root = root.clone().unwrap_or_else(|| data_dir.join("registry"));
+            return registry(*listen, &root);
         }
         ServicesCommand::Pull(o) => (Operation::Pull, o),
         ServicesCommand::Deploy(o) | ServicesCommand::Reconfigure(o) => (Operation::Deploy, o),
@@ -499,6 +514,33 @@ async fn prechecks(options: &CommonOptions, data_dir: &Path, json: bool) -> Resu
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Writes the registry's configuration under `root` and replaces this process with
+/// `docker-registry serve` (signals and exit status are the registry's own).
+fn registry(listen: std::net::SocketAddr, root: &Path) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let storage = root.join("storage");
+    std::fs::create_dir_all(&storage)
+        .with_context(|| format!("cannot create {}", storage.display()))?;
+    let config = root.join("config.yml");
+    let text = format!(
+        "# Written by `kiln services registry`.\nversion: 0.1\nlog:\n  level: warn\nstorage:\n  \
+         filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {listen}\n",
+        storage.display()
+    );
+    std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+    eprintln!(
+        "kiln registry: docker-registry on {listen}, storage {}",
+        storage.display()
+    );
+    let err = std::process::Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .exec();
+    Err(anyhow::anyhow!(
+        "cannot run docker-registry (apt-get install docker-registry): {err}"
+    ))
 }
 
 /// `kiln genpwd`: fills passwords.yaml.

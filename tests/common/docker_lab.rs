@@ -331,9 +331,24 @@ impl DockerLab {
         )
         .unwrap();
         let log = std::fs::File::create(self.root.join("registry.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "docker-registry", "serve"])
-            .arg(&config)
+        // Kiln's own `kiln services registry` when this build has the binary (tests); the plain
+        // Debian registry otherwise (benchmarks built as examples).
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns]);
+        match option_env!("CARGO_BIN_EXE_kiln") {
+            Some(kiln) => command
+                .args([
+                    kiln,
+                    "services",
+                    "registry",
+                    "--listen",
+                    &self.registry(),
+                    "--root",
+                ])
+                .arg(self.root.join("registry")),
+            None => command.args(["docker-registry", "serve"]).arg(&config),
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
