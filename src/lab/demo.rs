@@ -5,7 +5,6 @@
 
 use super::{LabError, UpOptions, host};
 use crate::deployer::globals::Passwords;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -166,46 +165,35 @@ fn read_control_addresses(rack: &Path) -> Vec<String> {
 /// POST /v3/auth/tokens for admin, from a thread inside the lab's namespace. Ok("token issued
 /// in N ms") on 201 with a token header.
 fn keystone_token(namespace: &str, address: &str, password: &str) -> Result<String, String> {
-    let path = format!("/run/netns/{namespace}");
     let url = format!("http://{address}:5000/v3/auth/tokens");
     let body = serde_json::json!({"auth": {
         "identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"name": "Default"}, "password": password}}},
         "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}});
-    let asked = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("cannot enter the namespace: {e}"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+    let asked = host::in_namespace(namespace, move || async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| format!("cannot start a runtime: {e}"))?;
-        runtime.block_on(async move {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .map_err(|e| e.to_string())?;
-            let started = Instant::now();
-            let reply = client
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            let status = reply.status();
-            let has_token = reply.headers().contains_key("x-subject-token");
-            if status.as_u16() == 201 && has_token {
-                Ok(format!(
-                    "keystone issued a token for admin in {} ms",
-                    started.elapsed().as_millis()
-                ))
-            } else {
-                Err(format!(
-                    "{url}: HTTP {status}, token header present: {has_token}"
-                ))
-            }
-        })
-    })
-    .join();
-    asked.unwrap_or_else(|_| Err("the check thread panicked".into()))
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let reply = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = reply.status();
+        let has_token = reply.headers().contains_key("x-subject-token");
+        if status.as_u16() == 201 && has_token {
+            Ok(format!(
+                "keystone issued a token for admin in {} ms",
+                started.elapsed().as_millis()
+            ))
+        } else {
+            Err(format!(
+                "{url}: HTTP {status}, token header present: {has_token}"
+            ))
+        }
+    });
+    asked.and_then(|result| result)
 }

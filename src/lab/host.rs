@@ -335,6 +335,31 @@ pub fn on_path(program: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// Runs `work` on a fresh thread that has entered the network namespace `namespace`, with a
+/// current-thread tokio runtime: every socket it opens lives there, so `127.0.0.1` is the lab's
+/// loopback, not the host's.
+pub fn in_namespace<T, F, Fut>(namespace: &str, work: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    use std::os::fd::AsFd;
+    let path = format!("/run/netns/{namespace}");
+    let joined = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("cannot enter the namespace: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        Ok(runtime.block_on(work()))
+    })
+    .join();
+    joined.unwrap_or_else(|_| Err("the namespace thread panicked".to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,6 @@
 use super::plan::{API_LISTEN, BMC_USERNAME, REDFISH_LISTEN};
 use serde::Serialize;
 use serde_json::Value;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,31 +57,13 @@ pub struct Answers {
 /// Asks the vbmc and the daemon from a thread that has entered the lab's namespace: every socket
 /// it opens lives there, so `127.0.0.1` is the lab's loopback, not the host's.
 pub fn ask(namespace: &str, bmc_password: Option<String>, api_token: Option<String>) -> Answers {
-    let path = format!("/run/netns/{namespace}");
-    let asked = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("cannot enter the namespace: {e}"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime: {e}"))?;
-        Ok::<_, String>(runtime.block_on(query(bmc_password, api_token)))
-    })
-    .join();
+    let asked = super::host::in_namespace(namespace, move || query(bmc_password, api_token));
     match asked {
-        Ok(Ok(answers)) => answers,
-        Ok(Err(reason)) => Answers {
+        Ok(answers) => answers,
+        Err(reason) => Answers {
             power: Err(reason.clone()),
             nodes: Err(reason),
         },
-        Err(_) => {
-            let reason = "the status thread panicked".to_string();
-            Answers {
-                power: Err(reason.clone()),
-                nodes: Err(reason),
-            }
-        }
     }
 }
 
