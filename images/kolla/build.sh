@@ -135,7 +135,9 @@ conf() {
     # shellcheck source=/dev/null
     . "$here/$1/image.conf"
 }
-hash_dir() { (cd "$here/$1" && find . -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -c1-16); }
+# recipe_files DIR: the files of a recipe directory (editor backups and Python caches are not).
+recipe_files() { (cd "$1" && find . -name __pycache__ -prune -o -type f ! -name '*~' ! -name '*.pyc' -print); }
+hash_dir() { (cd "$here/$1" && recipe_files . | LC_ALL=C sort | tr '\n' '\0' | xargs -0 -r sha256sum | sha256sum | cut -c1-16); }
 declare -A KEY=()
 key_of() { # key_of NAME -> sets KEY[NAME] (recursively for the parents)
     local name=$1 parent
@@ -388,7 +390,7 @@ build_image() {
 
     # files/: copied as they are (0755 if executable in the repository, else 0644; sudoers 0440).
     if [ -d "$here/$name/files" ]; then
-        (cd "$here/$name/files" && find . -type f) | while read -r f; do
+        recipe_files "$here/$name/files" | while read -r f; do
             f=${f#./}
             if [ -x "$here/$name/files/$f" ]; then mode=0755; else mode=0644; fi
             case "$f" in etc/sudoers.d/*) mode=0440 ;; esac
