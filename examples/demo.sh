@@ -8,7 +8,8 @@
 # each node's Docker Engine over mutual TLS. The demo ends by asking every keystone for a token.
 # Then the lab is shown and removed (`kiln lab down`), leaving nothing behind.
 # First run on a fresh machine: ~3 min for the boot images, ~4 min for the container images
-# (all from Debian packages, cached under /var/cache/kiln-images), then ~6 min for the demo.
+# (all from Debian packages, cached under /var/cache/kiln-images), then ~20 min for the demo
+# (the TCG VMs unpack ~900 MB of container images at ~1.5 MB/s).
 # KEEP=1 leaves the lab up (then: kiln reset --all …, kiln lab down --dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
