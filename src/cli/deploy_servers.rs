@@ -80,15 +80,8 @@ pub async fn run(
     json: bool,
 ) -> Result<ExitCode> {
     let started = Instant::now();
-    let inventory = crate::inventory::load(&options.inventory).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let inventory = crate::inventory::load(&options.inventory)
+        .map_err(|errors| super::joined_errors(&errors))?;
     let names: BTreeSet<String> = inventory.nodes.iter().map(|n| n.name.clone()).collect();
     let reimage: BTreeSet<String> = match reimage {
         None => BTreeSet::new(),

@@ -238,15 +238,7 @@ pub struct Settings {
 
 fn settings(cli: &Cli) -> Result<Settings> {
     let file = match &cli.config {
-        Some(path) => config::load(path).map_err(|errors| {
-            anyhow::anyhow!(
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?,
+        Some(path) => config::load(path).map_err(|errors| joined_errors(&errors))?,
         None => config::ConfigFile::default(),
     };
     let log_format = match (cli.log_format, file.log_format.as_deref()) {
@@ -359,15 +351,7 @@ async fn vbmc(cli: &Cli) -> Result<ExitCode> {
         file: config::ConfigFile::default(),
     };
     serve::init_logging(&settings);
-    let config = crate::bmc::vbmc::load_config(path).map_err(|errors| {
-        anyhow::anyhow!(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
+    let config = crate::bmc::vbmc::load_config(path).map_err(|errors| joined_errors(&errors))?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -518,4 +502,15 @@ fn client(settings: &Settings) -> Result<Client> {
             })?,
     };
     Ok(Client::new(&url, token))
+}
+
+/// Every error of a file (inventory, configuration), one per line, as one error.
+fn joined_errors<E: std::fmt::Display>(errors: &[E]) -> anyhow::Error {
+    anyhow::anyhow!(
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }

@@ -83,13 +83,16 @@ fn rig() -> Rig {
 impl Rig {
     async fn run(&self, globals: &Globals, operation: Operation) -> Outcome {
         let rendered = render(&self.catalog, &self.hosts, globals, &self.passwords).unwrap();
-        let engines = self
-            .sims
-            .iter()
-            .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
-            .collect();
+        let engines = self.engines();
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         run(rendered, engines, operation, &Filters::default(), tx).await
+    }
+
+    fn engines(&self) -> BTreeMap<String, Arc<dyn Engine>> {
+        self.sims
+            .iter()
+            .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
+            .collect()
     }
 
     fn ids(&self) -> BTreeMap<String, BTreeMap<String, String>> {
@@ -286,11 +289,7 @@ async fn gated_hosts_join_when_they_open_and_a_failed_gate_fails_their_services(
     use super::run::{Gate, run_gated};
     let rig = rig();
     let rendered = render(&rig.catalog, &rig.hosts, &globals(), &rig.passwords).unwrap();
-    let engines: BTreeMap<String, Arc<dyn Engine>> = rig
-        .sims
-        .iter()
-        .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
-        .collect();
+    let engines = rig.engines();
     let (open_n3, gate_n3) = tokio::sync::watch::channel(Gate::Waiting);
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<super::run::Event>();
     let gates = std::collections::HashMap::from([("n3".to_string(), gate_n3)]);
@@ -325,11 +324,7 @@ async fn gated_hosts_join_when_they_open_and_a_failed_gate_fails_their_services(
 
     // A fresh rack where n3's provisioning fails: its services fail, their dependents skip.
     let rig = super::run_tests::rig();
-    let engines: BTreeMap<String, Arc<dyn Engine>> = rig
-        .sims
-        .iter()
-        .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
-        .collect();
+    let engines = rig.engines();
     let (fail_n3, gate_n3) = tokio::sync::watch::channel(Gate::Waiting);
     fail_n3
         .send(Gate::Failed(
@@ -366,11 +361,7 @@ async fn images_missing_on_a_host_are_loaded_from_archives_when_present() {
     let archives = tempfile::tempdir().unwrap();
     std::fs::write(archives.path().join("db.tar"), b"archive").unwrap();
     let rendered = render(&rig.catalog, &rig.hosts, &globals(), &rig.passwords).unwrap();
-    let engines: BTreeMap<String, Arc<dyn Engine>> = rig
-        .sims
-        .iter()
-        .map(|(h, s)| (h.clone(), s.clone() as Arc<dyn Engine>))
-        .collect();
+    let engines = rig.engines();
     let filters = Filters {
         image_archives: Some(archives.path().to_path_buf()),
         ..Filters::default()
