@@ -13,4 +13,5 @@ pub mod inventory;
 pub mod lab;
 pub mod model;
 pub mod pipeline;
+pub mod sim;
 pub mod store;

@@ -84,6 +84,9 @@ pub struct WriteOptions {
     pub progress_bytes: u64,
     /// Per-read stall timeout of the HTTP download.
     pub read_timeout: Duration,
+    /// Hold the written (non-zero) bytes to this many per second: the rack simulator's model of
+    /// a disk's speed. `None` on real hardware.
+    pub max_write_rate: Option<f64>,
 }
 
 impl Default for WriteOptions {
@@ -92,6 +95,7 @@ impl Default for WriteOptions {
             progress_interval: Duration::from_secs(2),
             progress_bytes: 256 << 20,
             read_timeout: Duration::from_secs(60),
+            max_write_rate: None,
         }
     }
 }
@@ -271,6 +275,13 @@ pub async fn write_image(
                 break; // the writer failed; its error is the one to report
             }
             report(&mut snapshot, false);
+            if let Some(rate) = options.max_write_rate.filter(|r| *r > 0.0) {
+                let due = Duration::from_secs_f64(counters.written.load(Relaxed) as f64 / rate);
+                let elapsed = start.elapsed();
+                if due > elapsed {
+                    tokio::time::sleep(due - elapsed).await;
+                }
+            }
         }
         Ok(())
     }

@@ -22,8 +22,10 @@ use std::time::Duration;
 #[derive(Clone, Debug, Default)]
 pub struct AgentEnv {
     pub roots: Roots,
-    /// Write here instead of the chosen disk's `/dev` node (tests).
+    /// Write here instead of the chosen disk's `/dev` node (tests, the rack simulator).
     pub target_override: Option<PathBuf>,
+    /// The simulated disk's speed, bytes/s (the rack simulator); `None` on real hardware.
+    pub write_rate: Option<f64>,
 }
 
 fn log(message: impl std::fmt::Display) {
@@ -73,6 +75,9 @@ pub async fn run(args: AgentArgs, env: AgentEnv) -> Result<(), ClientError> {
     let interval = Duration::from_secs(reply.heartbeat_secs.max(1));
     let running: Arc<Mutex<Option<u64>>> = Arc::default();
     let mut seen: HashSet<u64> = HashSet::new();
+    // A command's task ends with the agent: in the rack simulator a power change drops `run`
+    // (in a ramdisk the reboot ends the process), and a write must not go on behind it.
+    let mut commands = AbortOnDrop(Vec::new());
     loop {
         let current = running.lock().ok().and_then(|r| *r);
         let mut wait = interval;
@@ -89,7 +94,7 @@ pub async fn run(args: AgentArgs, env: AgentEnv) -> Result<(), ClientError> {
                     let client = Arc::clone(&client);
                     let running = Arc::clone(&running);
                     let env = env.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         let result = execute(&client, &env, &command).await;
                         log(format!(
                             "command {} {}: {}",
@@ -102,6 +107,8 @@ pub async fn run(args: AgentArgs, env: AgentEnv) -> Result<(), ClientError> {
                             *slot = None;
                         }
                     });
+                    commands.0.retain(|t| !t.is_finished());
+                    commands.0.push(task.abort_handle());
                 }
             }
             Err(ClientError::Unauthorized) => {
@@ -111,6 +118,16 @@ pub async fn run(args: AgentArgs, env: AgentEnv) -> Result<(), ClientError> {
             Err(err) => log(format!("heartbeat failed: {err}")),
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -215,7 +232,10 @@ async fn run_deploy(
         &source,
         &target,
         deploy.checksum.as_ref(),
-        &WriteOptions::default(),
+        &WriteOptions {
+            max_write_rate: env.write_rate,
+            ..WriteOptions::default()
+        },
         |p| {
             let (done, total) = match image_size {
                 Some(size) => (p.image_bytes, Some(size)),

@@ -85,6 +85,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             let env = AgentEnv {
                 roots,
                 target_override: args.target.clone(),
+                write_rate: None,
             };
             let _ = rustls::crypto::ring::default_provider().install_default();
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -33,6 +33,14 @@ pub enum LabCommand {
         /// first time).
         #[arg(long)]
         build_images: bool,
+        /// Simulated servers (`kiln sim`: Redfish/IPMI BMCs, real DHCP/TFTP/HTTP boot, Kiln's
+        /// agent on simulated disks, simulated Docker Engines) instead of QEMU VMs; --nodes up
+        /// to 10000, no images needed.
+        #[arg(long)]
+        sim: bool,
+        /// The simulator's timing: `fast` (no delays) or `realistic`.
+        #[arg(long, default_value = "fast")]
+        sim_timing: String,
     },
     /// Show the namespace, the daemon and the vbmc, and each VM's power and node state
     /// (exit 1 unless the lab is up).
@@ -112,6 +120,8 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
             disk_gb,
             files_root,
             build_images,
+            sim,
+            sim_timing,
         } => {
             let options = UpOptions {
                 name: place.name.unwrap_or_else(|| lab::DEFAULT_NAME.into()),
@@ -123,6 +133,8 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
                 files_root,
                 build_images,
                 kiln: std::env::current_exe().context("cannot find this binary")?,
+                sim,
+                sim_timing,
             };
             let lab = lab::up(&options, &mut |step| eprintln!("lab: {step}"))?;
             if json {
@@ -155,6 +167,8 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
                     files_root,
                     build_images,
                     kiln: std::env::current_exe().context("cannot find this binary")?,
+                    sim: false,
+                    sim_timing: "fast".into(),
                 },
                 services,
                 catalog,

@@ -11,6 +11,7 @@ mod output;
 mod serve;
 mod services;
 mod services_checks;
+mod sim;
 
 use crate::model::Verb;
 use anyhow::{Context, Result, bail};
@@ -105,6 +106,14 @@ enum Command {
     /// Virtual BMCs (Redfish, IPMI) for QEMU VMs, for labs and tests. `--config` names the vbmc
     /// configuration here (see examples/vbmc.yaml), not the daemon's.
     Vbmc,
+    /// A rack of simulated servers in one process (Redfish/IPMI BMCs, real DHCP/TFTP/HTTP boot
+    /// from their own MACs, Kiln's agent on simulated disks, simulated Docker Engines), for
+    /// rehearsing racks of hundreds of nodes; writes the rack inventory. Run it inside a network
+    /// namespace (`kiln lab up --sim N` does).
+    Sim {
+        #[command(flatten)]
+        options: sim::SimOptions,
+    },
     /// DHCP state: `kiln dhcp leases` lists addresses handed out (discovered machines included).
     Dhcp {
         #[command(subcommand)]
@@ -268,6 +277,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Vbmc = cli.command {
         return vbmc(&cli).await;
     }
+    if let Command::Sim { options } = &cli.command {
+        return sim::run(options, cli.log_format, cli.log_level.clone()).await;
+    }
     let settings = settings(&cli)?;
     match cli.command {
         Command::Serve {
@@ -295,6 +307,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Node { command } => node_command(&settings, command, cli.json).await,
         Command::Lab { command } => lab::run(command, cli.json).await,
         Command::Vbmc => vbmc(&cli).await,
+        Command::Sim { options } => sim::run(&options, cli.log_format, cli.log_level.clone()).await,
         Command::Image {
             command,
             files_root,

@@ -10,6 +10,7 @@
 pub mod demo;
 pub mod host;
 pub mod plan;
+pub mod sim;
 pub mod status;
 mod up;
 
@@ -60,6 +61,8 @@ struct Service {
 pub enum LabError {
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("simulated rack: {0}")]
+    Sim(String),
     #[error(
         "{dir} already holds lab '{name}'; remove it first with \
          `kiln lab down --name {name} --dir {dir}`"
@@ -150,6 +153,9 @@ struct Record {
     memory_mb: u32,
     disk_gb: u32,
     files_root: PathBuf,
+    /// Simulated servers (`kiln lab up --sim`) rather than QEMU VMs.
+    #[serde(default)]
+    sim: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -294,6 +300,7 @@ pub fn status(name: Option<&str>, dir: &Path) -> Result<Status, LabError> {
     };
     let (daemon, vbmc) = (process(&DAEMON), process(&VBMC));
     let planned = match &record {
+        Some(record) if record.sim => sim::vms(record.nodes)?,
         Some(record) => plan::vms(record.nodes, Some(record.uefi))?,
         None => Vec::new(),
     };

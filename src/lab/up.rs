@@ -23,8 +23,12 @@ pub struct UpOptions {
     pub files_root: PathBuf,
     /// Run `kiln image build ramdisk` and `kiln image build os` first.
     pub build_images: bool,
-    /// The kiln binary the lab runs (`serve`, `vbmc`, `image build`).
+    /// The kiln binary the lab runs (`serve`, `vbmc`, `sim`, `image build`).
     pub kiln: PathBuf,
+    /// Simulated servers (`kiln sim`) instead of QEMU VMs: no images needed, up to 10,000 nodes.
+    pub sim: bool,
+    /// The simulator's timing preset (`fast` or `realistic`).
+    pub sim_timing: String,
 }
 
 /// A lab that `up` built and left running.
@@ -79,7 +83,11 @@ fn check_tools(vms: &[LabVm]) -> Result<(), LabError> {
 /// lab directory is claimed is torn down again (the error carries the log tail).
 pub fn up(options: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<Lab, LabError> {
     plan::check_name(&options.name)?;
-    let vms = plan::vms(options.nodes, options.uefi)?;
+    let vms = if options.sim {
+        super::sim::vms(options.nodes)?
+    } else {
+        plan::vms(options.nodes, options.uefi)?
+    };
     let dir = absolute(&options.dir)?;
     if let Some(record) = read_record(&dir)? {
         return Err(LabError::Exists {
@@ -97,15 +105,30 @@ pub fn up(options: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<Lab, La
             dir: dir.display().to_string(),
         });
     }
-    check_tools(&vms)?;
-    let files_root = absolute(&options.files_root)?;
-    if options.build_images {
+    let files_root = if options.sim {
+        // The simulator's own small image and placeholder boot files, never the shared cache.
+        dir.join("files")
+    } else {
+        check_tools(&vms)?;
+        absolute(&options.files_root)?
+    };
+    if options.sim && host::on_path("ip").is_none() {
+        return Err(LabError::MissingTool {
+            program: "ip",
+            package: "iproute2",
+        });
+    }
+    if options.build_images && !options.sim {
         for target in ["ramdisk", "os"] {
             progress(&format!("building images: kiln image build {target}"));
             build_image(&options.kiln, target, &files_root)?;
         }
     }
-    let missing = missing_images(&files_root);
+    let missing = if options.sim {
+        Vec::new()
+    } else {
+        missing_images(&files_root)
+    };
     if !missing.is_empty() {
         let mut targets: Vec<&str> = missing.iter().map(|(target, _)| *target).collect();
         targets.dedup();
@@ -139,10 +162,16 @@ pub fn up(options: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<Lab, La
         memory_mb: options.memory_mb,
         disk_gb: options.disk_gb,
         files_root,
+        sim: options.sim,
     };
     let text = serde_json::to_string_pretty(&record).unwrap_or_default();
     write_file(&dir.join(RECORD), &text, 0o644)?;
-    match build(options, &record, &dir, vms, progress) {
+    let built = if options.sim {
+        super::sim::build(options, &record, &dir, progress)
+    } else {
+        build(options, &record, &dir, vms, progress)
+    };
+    match built {
         Ok(lab) => Ok(lab),
         Err(err) => {
             progress("start-up failed; removing the half-built lab");
@@ -246,7 +275,7 @@ fn build(
 }
 
 /// Starts one service detached in the namespace, records its PID and waits until it serves.
-fn start(
+pub(super) fn start(
     ns: &str,
     dir: &Path,
     kiln: &Path,
@@ -292,7 +321,7 @@ fn build_image(kiln: &Path, target: &'static str, files_root: &Path) -> Result<(
     }
 }
 
-fn random_password() -> String {
+pub(super) fn random_password() -> String {
     use rand::Rng;
     rand::rng()
         .sample_iter(&rand::distr::Alphanumeric)
@@ -322,7 +351,7 @@ fn ssh_key(dir: &Path, name: &str) -> Result<Option<PathBuf>, LabError> {
     Ok(Some(key))
 }
 
-fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
+pub(super) fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), LabError> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -205,6 +205,42 @@ impl Seek for Slice<'_> {
     }
 }
 
+/// Reads the files at `paths` from the FAT volume at `start..start + len` (bytes) of `file`, if
+/// that volume is labelled as a config drive; a missing file is `None`. What an OS's first boot
+/// does with its config drive (the rack simulator's "OS" reads its own this way).
+pub fn read_config_drive(
+    file: &File,
+    start: u64,
+    len: u64,
+    paths: &[&str],
+) -> io::Result<Option<Vec<Option<Vec<u8>>>>> {
+    let slice = Slice {
+        file,
+        start,
+        len,
+        pos: 0,
+    };
+    let Ok(fs) = fatfs::FileSystem::new(slice, fatfs::FsOptions::new()) else {
+        return Ok(None);
+    };
+    if !is_config_drive_label(fs.volume_label().as_bytes()) {
+        return Ok(None);
+    }
+    let root = fs.root_dir();
+    let mut out = Vec::new();
+    for path in paths {
+        match root.open_file(path) {
+            Ok(mut f) => {
+                let mut bytes = Vec::new();
+                f.read_to_end(&mut bytes)?;
+                out.push(Some(bytes));
+            }
+            Err(_) => out.push(None),
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Wipes the ends of the partition at `start..start + len` (bytes) of `file`, formats it as FAT
 /// labelled [`LABEL`] and writes `files` (already checked with [`super::split_path`]).
 pub fn write_volume(

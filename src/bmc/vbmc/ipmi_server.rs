@@ -17,7 +17,7 @@ mod tests;
 
 pub use commands::{Snapshot, VmAction};
 
-use super::vm::VirtualMachine;
+use super::machine::Machine;
 use crate::bmc::BmcError;
 use crate::bmc::ipmi::rmcp::{self, AUTH_RMCP_PLUS, payload};
 use crate::model::Secret;
@@ -267,7 +267,7 @@ impl Endpoint {
     }
 }
 
-async fn perform(vm: &VirtualMachine, action: VmAction) -> Result<(), BmcError> {
+async fn perform(vm: &dyn Machine, action: VmAction) -> Result<(), BmcError> {
     match action {
         VmAction::PowerOn => vm.power_on().await,
         VmAction::PowerOff => vm.power_off().await,
@@ -285,7 +285,7 @@ async fn perform(vm: &VirtualMachine, action: VmAction) -> Result<(), BmcError> 
 /// following `power status` sees it) and two consoles' commands never interleave.
 pub async fn run(
     socket: UdpSocket,
-    vm: Arc<VirtualMachine>,
+    vm: Arc<dyn Machine>,
     username: String,
     password: Secret,
     shutdown: CancellationToken,
@@ -311,7 +311,7 @@ pub async fn run(
             Outcome::Ignore => None,
             Outcome::Reply(reply) => Some(reply),
             Outcome::Act(action, deferred) => {
-                let result = perform(&vm, action).await;
+                let result = perform(vm.as_ref(), action).await;
                 endpoint.finish(deferred, result)
             }
         };
@@ -321,5 +321,5 @@ pub async fn run(
             tracing::debug!(%peer, error = %e, "IPMI send failed");
         }
     }
-    tracing::debug!(vm = %vm.spec.name, "vbmc IPMI endpoint stopped");
+    tracing::debug!(machine = %vm.name(), "vbmc IPMI endpoint stopped");
 }

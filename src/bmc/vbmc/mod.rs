@@ -5,12 +5,14 @@
 
 pub mod ipmi_server;
 mod launcher;
+pub mod machine;
 pub mod redfish_server;
 pub mod vm;
 
 use crate::inventory::reader::Reader;
 use crate::inventory::{InventoryError, tree};
 use crate::model::Secret;
+pub use machine::Machine;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,41 +25,42 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long requests still in flight at shutdown may take to finish (the VMs are already off).
 const DRAIN: Duration = Duration::from_secs(1);
 
+/// One BMC service: the credentials and the machines it controls, by Redfish system id.
 pub struct Vbmc {
     pub username: String,
     pub password: Secret,
-    vms: BTreeMap<String, Arc<VirtualMachine>>,
+    machines: BTreeMap<String, Arc<dyn Machine>>,
 }
 
 impl Vbmc {
-    pub fn new(username: String, password: Secret, vms: Vec<VmSpec>) -> Self {
-        let vms = vms
+    pub fn new(username: String, password: Secret, machines: Vec<Arc<dyn Machine>>) -> Self {
+        let machines = machines
             .into_iter()
-            .map(|spec| (spec.name.clone(), Arc::new(VirtualMachine::new(spec))))
+            .map(|machine| (machine.name().to_string(), machine))
             .collect();
         Self {
             username,
             password,
-            vms,
+            machines,
         }
     }
 
-    pub fn vm(&self, name: &str) -> Option<&Arc<VirtualMachine>> {
-        self.vms.get(name)
+    pub fn vm(&self, name: &str) -> Option<&Arc<dyn Machine>> {
+        self.machines.get(name)
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.vms.keys().cloned().collect()
+        self.machines.keys().cloned().collect()
     }
 
-    /// Stops and reaps every QEMU, all at once, and keeps each VM off from then on. Bounded by
+    /// Stops every machine, all at once, and keeps each off from then on. Bounded by
     /// [`SHUTDOWN_GRACE`] plus a SIGKILL, so it is done before a supervisor that escalates to
     /// SIGKILL after a few seconds (the test kit's `ChildGuard` waits 5 s) loses patience.
     pub async fn shutdown(&self) {
         let mut stopping = tokio::task::JoinSet::new();
-        for vm in self.vms.values() {
-            let vm = Arc::clone(vm);
-            stopping.spawn(async move { vm.retire(SHUTDOWN_GRACE).await });
+        for machine in self.machines.values() {
+            let machine = Arc::clone(machine);
+            stopping.spawn(async move { machine.retire(SHUTDOWN_GRACE).await });
         }
         while stopping.join_next().await.is_some() {}
     }
@@ -221,24 +224,41 @@ pub async fn run(
     if let Some(dir) = config.vms.first().map(|vm| vm.state_dir.clone()) {
         std::fs::create_dir_all(dir)?;
     }
-    let vbmc = Arc::new(Vbmc::new(config.username, config.password, config.vms));
+    let vms: Vec<Arc<VirtualMachine>> = config
+        .vms
+        .into_iter()
+        .map(|spec| Arc::new(VirtualMachine::new(spec)))
+        .collect();
     let listener = tokio::net::TcpListener::bind(config.redfish_listen).await?;
-    let mut sockets = Vec::new();
-    for name in vbmc.names() {
-        let Some(vm) = vbmc.vm(&name).cloned() else {
-            continue;
-        };
+    let mut sockets: Vec<(tokio::net::UdpSocket, Arc<dyn Machine>)> = Vec::new();
+    for vm in &vms {
         let Some(address) = vm.spec.ipmi_listen else {
             continue;
         };
+        let name = &vm.spec.name;
         let socket = tokio::net::UdpSocket::bind(address).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("IPMI {address} for {name}: {e}"))
         })?;
         tracing::info!(address = %socket.local_addr()?, vm = %name, "vbmc IPMI listening");
-        sockets.push((socket, vm));
+        sockets.push((socket, Arc::clone(vm) as Arc<dyn Machine>));
     }
+    let machines = vms.into_iter().map(|vm| vm as Arc<dyn Machine>).collect();
+    let vbmc = Arc::new(Vbmc::new(config.username, config.password, machines));
+    serve(vbmc, listener, sockets, shutdown).await?;
+    tracing::info!("vbmc stopped; every VM it started is off");
+    Ok(())
+}
+
+/// Serves the Redfish face on `listener` (every machine a System) and an IPMI lanplus endpoint
+/// on each socket until `shutdown`, then stops every machine. Shared by `kiln vbmc` and `kiln sim`.
+pub async fn serve(
+    vbmc: Arc<Vbmc>,
+    listener: tokio::net::TcpListener,
+    ipmi_sockets: Vec<(tokio::net::UdpSocket, Arc<dyn Machine>)>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
     let mut ipmi = tokio::task::JoinSet::new();
-    for (socket, vm) in sockets {
+    for (socket, vm) in ipmi_sockets {
         ipmi.spawn(ipmi_server::run(
             socket,
             vm,
@@ -269,6 +289,5 @@ pub async fn run(
     while ipmi.join_next().await.is_some() {}
     // Also when serving failed on its own.
     vbmc.shutdown().await;
-    tracing::info!("vbmc stopped; every VM it started is off");
     served
 }

@@ -147,7 +147,7 @@ async fn system(
         "Boot": {
             "BootSourceOverrideTarget": target,
             "BootSourceOverrideEnabled": if boot.persistent { "Continuous" } else { "Once" },
-            "BootSourceOverrideMode": if vm.spec.uefi { "UEFI" } else { "Legacy" },
+            "BootSourceOverrideMode": if vm.uefi() { "UEFI" } else { "Legacy" },
             "BootSourceOverrideTarget@Redfish.AllowableValues": ["Pxe", "Hdd"]
         },
         "Actions": {"#ComputerSystem.Reset": {

@@ -326,6 +326,40 @@ impl VirtualMachine {
     }
 }
 
+#[async_trait::async_trait]
+impl super::machine::Machine for VirtualMachine {
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+    fn uefi(&self) -> bool {
+        self.spec.uefi
+    }
+    async fn power_state(&self) -> PowerState {
+        VirtualMachine::power_state(self).await
+    }
+    async fn boot_setting(&self) -> BootSetting {
+        VirtualMachine::boot_setting(self).await
+    }
+    async fn set_boot(&self, device: BootDevice, persistent: bool) {
+        VirtualMachine::set_boot(self, device, persistent).await
+    }
+    async fn power_on(&self) -> Result<(), BmcError> {
+        VirtualMachine::power_on(self).await
+    }
+    async fn power_off(&self) -> Result<(), BmcError> {
+        VirtualMachine::power_off(self).await
+    }
+    async fn soft_off(&self) -> Result<(), BmcError> {
+        VirtualMachine::soft_off(self).await
+    }
+    async fn reset(&self) -> Result<(), BmcError> {
+        VirtualMachine::reset(self).await
+    }
+    async fn retire(&self, grace: Duration) {
+        VirtualMachine::retire(self, grace).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
