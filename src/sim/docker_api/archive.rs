@@ -164,7 +164,7 @@ impl TarScanner {
             }
             b'x' | b'g' => {}
             _ => {
-                if self.keep.iter().any(|k| *k == name) && size <= KEEP_LIMIT {
+                if self.keep.contains(&name) && size <= KEEP_LIMIT {
                     self.kept.push((name.clone(), Vec::new()));
                     keep = true;
                 }
