@@ -76,13 +76,23 @@ impl Globals {
         self.values.get(key).and_then(Value::as_str)
     }
 
-    /// `enable_<service>` if set, else the catalog's default.
+    /// `enable_<service>` if set (hyphens spelled as underscores also match, as Kolla spells its
+    /// flags: `enable_nova_compute`); else, for a sub-service such as `nova-compute`, the flag of
+    /// the service it belongs to (`enable_nova`, as in Kolla-ansible); else the catalog's default.
     pub fn enabled(&self, service: &str, default: bool) -> bool {
-        match self.values.get(&format!("enable_{service}")) {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => matches!(s.as_str(), "yes" | "true" | "True" | "on"),
-            _ => default,
-        }
+        let flag = |name: &str| -> Option<bool> {
+            match self.values.get(&format!("enable_{name}")) {
+                Some(Value::Bool(b)) => Some(*b),
+                Some(Value::String(s)) => {
+                    Some(matches!(s.as_str(), "yes" | "true" | "True" | "on"))
+                }
+                _ => None,
+            }
+        };
+        flag(service)
+            .or_else(|| flag(&service.replace('-', "_")))
+            .or_else(|| service.split_once('-').and_then(|(parent, _)| flag(parent)))
+            .unwrap_or(default)
     }
 }
 
@@ -226,6 +236,14 @@ mod tests {
         assert!(!g.enabled("glance", true));
         assert!(g.enabled("haproxy", false));
         assert!(g.enabled("keystone", true));
+        let nova: Globals = Globals::default().with("enable_nova", true);
+        assert!(
+            nova.enabled("nova-compute", false),
+            "follows its parent's flag"
+        );
+        let split = nova.clone().with("enable_nova_compute", false);
+        assert!(!split.enabled("nova-compute", false), "its own flag wins");
+        assert!(!Globals::default().enabled("nova-compute", false));
         std::fs::write(&path, "enable_glance: maybe\n").unwrap();
         let err = Globals::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("enable_glance"), "{err}");

@@ -156,14 +156,21 @@ pub async fn drive(
                     if verb == "rebuild" || verb == "deploy" {
                         reimage_sent.insert(view.name.clone());
                     }
-                    if let Err(err) = api.verb(&view.name, verb).await {
-                        report_line(
+                    match api.verb(&view.name, verb).await {
+                        // The daemon applies a verb before it replies: from here on, `active`
+                        // can only mean this run's imaging is done, however fast it was (a
+                        // simulated node can go deploying → active between two polls).
+                        Ok(()) if verb == "rebuild" || verb == "deploy" => {
+                            left_active.insert(view.name.clone());
+                        }
+                        Ok(()) => {}
+                        Err(err) => report_line(
                             options.json,
                             started,
                             &view.name,
                             "daemon",
                             &format!("{verb} refused: {err}"),
-                        );
+                        ),
                     }
                 }
             }
@@ -243,5 +250,73 @@ fn report_line(json: bool, started: Instant, node: &str, phase: &str, detail: &s
         println!("{line}");
     } else {
         eprintln!("{at:>7.1}s  {node:<12} {detail}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ProvisionState as S;
+    use std::sync::Mutex;
+
+    /// A daemon whose nodes finish imaging before the next poll: `deploy` and `rebuild` take a
+    /// node straight to `active`.
+    struct InstantRack(Mutex<BTreeMap<String, S>>);
+
+    #[async_trait]
+    impl RackApi for InstantRack {
+        async fn progress(&self) -> Result<Vec<NodeView>, String> {
+            let nodes = self.0.lock().map_err(|e| e.to_string())?;
+            Ok(nodes
+                .iter()
+                .map(|(name, state)| NodeView {
+                    name: name.clone(),
+                    provision_state: *state,
+                    last_error: None,
+                    waiting: None,
+                    bmc_error: None,
+                    deploy: None,
+                })
+                .collect())
+        }
+        async fn verb(&self, node: &str, verb: &str) -> Result<(), String> {
+            let mut nodes = self.0.lock().map_err(|e| e.to_string())?;
+            let next = match verb {
+                "manage" => S::Manageable,
+                "provide" => S::Available,
+                "deploy" | "rebuild" => S::Active,
+                other => return Err(format!("unexpected verb {other}")),
+            };
+            nodes.insert(node.to_string(), next);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn imaging_faster_than_a_poll_still_opens_the_gate() {
+        let rack = InstantRack(Mutex::new(BTreeMap::from([
+            ("fresh".to_string(), S::Enroll),
+            ("reset".to_string(), S::Active),
+        ])));
+        let options = DriveOptions {
+            nodes: ["fresh", "reset"].map(String::from).into(),
+            reimage: ["reset".to_string()].into(),
+            poll: Duration::from_millis(5),
+            timeout: Duration::from_secs(5),
+            json: true,
+        };
+        let (fresh_tx, fresh_rx) = watch::channel(Gate::Waiting);
+        let (reset_tx, reset_rx) = watch::channel(Gate::Waiting);
+        let gates = BTreeMap::from([
+            ("fresh".to_string(), fresh_tx),
+            ("reset".to_string(), reset_tx),
+        ]);
+        let times = drive(&rack, &options, &gates).await;
+        assert_eq!(*fresh_rx.borrow(), Gate::Open);
+        assert_eq!(*reset_rx.borrow(), Gate::Open);
+        for node in ["fresh", "reset"] {
+            assert!(times[node].failed.is_none(), "{node}: {:?}", times[node]);
+            assert!(!times[node].already_active, "{node} was imaged by this run");
+        }
     }
 }
