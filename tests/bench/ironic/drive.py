@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Client side of tests/bench/ironic.sh: drives Kiln and Ironic through their REST APIs with the
-same code (stdlib only: one keep-alive HTTP/1.1 connection per worker thread, CONCURRENCY
-workers), times each phase with a monotonic clock (Python start-up is outside the timing), and
-reads a process tree's CPU seconds and peak RSS from /proc. Every phase fails loudly if any node
-ends anywhere but where it was asked to go.
+"""Client side of tests/bench/ironic.sh: Kiln vs OpenStack Ironic on the same Redfish BMCs.
 
-Nodes file (written by start_bmcs in ironic.sh), one node a line, tab-separated:
-    name  redfish_base_url  system_id_path  mac  username  password
+Subcommands:
+  setup  DIR COUNT SUSHY_URL   writes the BMC side (sushy config, bcrypt htpasswd: run this one
+                               with the venv's python) and both inventories (nodes.tsv, rack.yaml)
+  run    kiln|ironic ...       drives one control plane through its REST API, phase after phase,
+                               and writes one JSON line per phase (and the daemon's CPU/RSS)
+  table  KILN.json IRONIC.json prints the side-by-side table (markdown)
+
+Both control planes are driven by the same code: stdlib only, one keep-alive HTTP/1.1 connection
+per worker thread, CONCURRENCY per-node requests in flight. Each phase is timed with a monotonic
+clock from its first request until the control plane *reports* every node where it was asked to
+go (Ironic's verbs and power calls are asynchronous: 202, then the node list is polled; Kiln's
+power and boot-device calls reply once the BMC confirmed, its `manage` is asynchronous and polled
+the same way). After each phase, outside the timing, every system is read straight from the BMC
+to check that the control plane told the truth. Any node that ends anywhere else fails the run.
 """
 
 import argparse
@@ -15,14 +23,61 @@ import concurrent.futures
 import http.client
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 import urllib.parse
+import uuid as uuidlib
 
-POLL_PAUSE = 0.05  # seconds between two list calls of a waiting phase (one call in flight)
+POLL_PAUSE = 0.05  # seconds between two list calls while a phase waits (one call in flight)
+POLL_DUTY_FACTOR = 4  # ... and at least 4× the last list call's own duration
 PHASE_TIMEOUT = 900
+USER = "bench-admin"
+PASSWORD = "Bench-Redfish-S3cret"
+
+
+# --- set-up -------------------------------------------------------------------------------------
+
+def system_uuid(i):
+    return str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"kiln-bench-ironic-{i}"))
+
+
+def setup(args):
+    """The BMC emulator's config (COUNT fake systems, powered off, bcrypt cost 4 so BMC auth is
+    cheap), the node list both drivers read, and Kiln's rack inventory for the same nodes."""
+    import bcrypt  # the venv has it (sushy-tools needs it for htpasswd files)
+
+    os.makedirs(args.dir, exist_ok=True)
+    digest = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    with open(os.path.join(args.dir, "htpasswd"), "w") as f:
+        f.write(f"{USER}:{digest}\n")
+    systems, rows, rack = [], [], []
+    for i in range(1, args.count + 1):
+        name, uid = f"bench-{i:03d}", system_uuid(i)
+        mac = f"52:54:00:b1:{i // 256:02x}:{i % 256:02x}"
+        systems.append({"uuid": uid, "name": name, "power_state": "Off",
+                        "nics": [{"mac": mac, "ip": "127.0.0.1"}]})
+        rows.append("\t".join([name, args.sushy_url, f"/redfish/v1/Systems/{uid}", mac,
+                               USER, PASSWORD]))
+        rack.append(f"  - name: {name}\n"
+                    f"    bmc: {{system_id: /redfish/v1/Systems/{uid}}}\n"
+                    f"    nics: [{{mac: '{mac}'}}]\n")
+    with open(os.path.join(args.dir, "sushy.conf"), "w") as f:
+        f.write("SUSHY_EMULATOR_FAKE_DRIVER = True\n"
+                f"SUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n"
+                f"SUSHY_EMULATOR_AUTH_FILE = {os.path.join(args.dir, 'htpasswd')!r}\n"
+                # Filled in by ironic.sh per run (a fresh state directory each time).
+                "import os\n"
+                "SUSHY_EMULATOR_STATE_DIR = os.environ['BENCH_SUSHY_STATE']\n")
+    with open(os.path.join(args.dir, "nodes.tsv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    with open(os.path.join(args.dir, "rack.yaml"), "w") as f:
+        f.write("version: 1\n"
+                "defaults:\n"
+                f"  bmc: {{kind: redfish, address: '{args.sushy_url}', username: {USER}, "
+                f"password: {PASSWORD}}}\n"
+                "  boot_mode: bios\n"
+                "nodes:\n" + "".join(rack))
 
 
 def load_nodes(path):
@@ -35,6 +90,8 @@ def load_nodes(path):
                                   user=user, password=password))
     return nodes
 
+
+# --- HTTP ---------------------------------------------------------------------------------------
 
 class Api:
     """One base URL and fixed headers; a keep-alive connection per thread."""
@@ -57,11 +114,12 @@ class Api:
             self.local.conn = conn
         return conn
 
-    def call(self, method, path, body=None):
-        data = None if body is None else json.dumps(body).encode()
+    def call(self, method, path, body=None, raw_body=None, content_type="application/json"):
+        data = raw_body if raw_body is not None else (
+            None if body is None else json.dumps(body).encode())
         headers = dict(self.headers)
         if data is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         with self.lock:
             self.requests += 1
         for attempt in (0, 1):
@@ -95,218 +153,209 @@ def expect(status, body, ok, what):
     return body
 
 
-def report(phase, started, extra=None):
-    out = {"phase": phase, "seconds": round(time.monotonic() - started, 3)}
-    out.update(extra or {})
-    print(json.dumps(out), flush=True)
-
-
-# --- Ironic ---------------------------------------------------------------------------------
-
-def ironic_api(args):
-    return Api(args.api, {"X-OpenStack-Ironic-API-Version": "latest",
-                          "Accept": "application/json"})
-
-
-def ironic_enroll(args):
-    """POST /v1/nodes then POST /v1/ports (the node's MAC) per node, CONCURRENCY nodes at once."""
-    api, nodes = ironic_api(args), load_nodes(args.nodes)
-
-    def one(node):
-        body = {
-            "name": node["name"],
-            "driver": "redfish",
-            "driver_info": {
-                "redfish_address": node["base"],
-                "redfish_system_id": node["system"],
-                "redfish_username": node["user"],
-                "redfish_password": node["password"],
-                "redfish_verify_ca": False,
-            },
-        }
-        created = expect(*api.call("POST", "/v1/nodes", body), (201,), f"create {node['name']}")
-        expect(*api.call("POST", "/v1/ports",
-                         {"node_uuid": created["uuid"], "address": node["mac"]}),
-               (201,), f"port of {node['name']}")
-
-    started = time.monotonic()
-    run_all(one, nodes, args.concurrency)
-    status, body = api.call("GET", "/v1/nodes?fields=name,provision_state&limit=0")
-    states = [n["provision_state"] for n in expect(status, body, (200,), "list")["nodes"]]
-    if len(states) != len(nodes) or set(states) != {"enroll"}:
-        raise SystemExit(f"ironic enroll: {len(states)} nodes, states {sorted(set(states))}")
-    report("enroll", started, {"requests": api.requests})
-
-
-def ironic_wait(api, count, done, what, started):
-    """Polls the node list until done(node) for all `count` nodes; fails on an error state."""
-    fields = "name,provision_state,target_provision_state,power_state,target_power_state,last_error"
+def wait_all(list_nodes, count, done, failed, what, started):
+    """Polls `list_nodes()` (one call in flight) until done(node) holds for all `count` nodes;
+    fails at once when failed(node) names a reason. Returns the number of list calls."""
     polls = 0
     while True:
-        status, body = api.call("GET", f"/v1/nodes?fields={fields}&limit=0")
+        t0 = time.monotonic()
+        nodes = list_nodes()
+        took = time.monotonic() - t0
         polls += 1
-        nodes = expect(status, body, (200,), "list")["nodes"]
-        bad = [n for n in nodes if n["provision_state"] in ("error", "enroll") and n["last_error"]
-               or (n.get("last_error") and not n.get("target_power_state")
-                   and not n.get("target_provision_state") and not done(n))]
+        bad = [(n, failed(n)) for n in nodes if failed(n)]
         if bad:
-            raise SystemExit(f"ironic {what}: {len(bad)} nodes failed, e.g. "
-                             f"{bad[0]['name']}: {bad[0]['last_error']}")
+            raise SystemExit(f"{what}: {len(bad)} nodes failed, e.g. {bad[0][1]}")
         finished = sum(1 for n in nodes if done(n))
         if len(nodes) == count and finished == count:
             return polls
         if time.monotonic() - started > PHASE_TIMEOUT:
-            raise SystemExit(f"ironic {what}: only {finished}/{count} after {PHASE_TIMEOUT} s")
-        time.sleep(POLL_PAUSE)
+            raise SystemExit(f"{what}: only {finished}/{count} after {PHASE_TIMEOUT} s")
+        # The poller must not load the daemon it measures: at most a fifth of the time has a
+        # list call in flight (Ironic's node list costs it ~40 ms of CPU at 8 nodes, more at 134).
+        time.sleep(max(POLL_PAUSE, POLL_DUTY_FACTOR * took))
 
 
-def ironic_manage(args):
-    """PUT /v1/nodes/NAME/states/provision {"target": "manage"} for every node (202: the
-    conductor verifies asynchronously), then the node list until all are manageable."""
-    api, nodes = ironic_api(args), load_nodes(args.nodes)
+# --- the two control planes ---------------------------------------------------------------------
 
-    def one(node):
-        expect(*api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
-                         {"target": "manage"}), (202,), f"manage {node['name']}")
+class Ironic:
+    """Ironic's REST API (noauth, latest microversion)."""
 
-    started = time.monotonic()
-    run_all(one, nodes, args.concurrency)
-    accepted = time.monotonic() - started
-    polls = ironic_wait(api, len(nodes),
-                        lambda n: n["provision_state"] == "manageable"
-                        and not n["target_provision_state"], "manage", started)
-    report("verify", started, {"accepted": round(accepted, 3), "polls": polls,
-                               "requests": api.requests})
+    name = "ironic"
+    FIELDS = ("name,provision_state,target_provision_state,power_state,target_power_state,"
+              "last_error")
 
+    def __init__(self, args):
+        self.api = Api(args.api, {"X-OpenStack-Ironic-API-Version": "latest",
+                                  "Accept": "application/json"})
 
-def ironic_power(args):
-    """PUT /v1/nodes/NAME/states/power {"target": "power on|power off"} for every node (202),
-    then the node list until every node's power_state is the target and no change is pending
-    (Ironic sets power_state only after its driver saw the BMC report the new state)."""
-    api, nodes = ironic_api(args), load_nodes(args.nodes)
-    target = args.target
+    def list(self):
+        status, body = self.api.call("GET", f"/v1/nodes?fields={self.FIELDS}&limit=10000")
+        return expect(status, body, (200,), "ironic list")["nodes"]
 
-    def one(node):
-        expect(*api.call("PUT", f"/v1/nodes/{node['name']}/states/power", {"target": target}),
-               (202,), f"{target} {node['name']}")
+    def enroll(self, nodes, args):
+        """POST /v1/nodes then POST /v1/ports (the node's MAC) per node: Ironic has no bulk
+        enrollment call (`baremetal create FILE` makes the same two calls per node)."""
+        def one(node):
+            body = {"name": node["name"], "driver": "redfish",
+                    "driver_info": {"redfish_address": node["base"],
+                                    "redfish_system_id": node["system"],
+                                    "redfish_username": node["user"],
+                                    "redfish_password": node["password"],
+                                    "redfish_verify_ca": False}}
+            created = expect(*self.api.call("POST", "/v1/nodes", body), (201,),
+                             f"create {node['name']}")
+            expect(*self.api.call("POST", "/v1/ports",
+                                  {"node_uuid": created["uuid"], "address": node["mac"]}),
+                   (201,), f"port of {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        states = [n["provision_state"] for n in self.list()]
+        if len(states) != len(nodes) or set(states) != {"enroll"}:
+            raise SystemExit(f"ironic enroll: {len(states)} nodes, states {sorted(set(states))}")
+        return {}
 
-    started = time.monotonic()
-    run_all(one, nodes, args.concurrency)
-    accepted = time.monotonic() - started
-    polls = ironic_wait(api, len(nodes),
-                        lambda n: n["power_state"] == target and not n["target_power_state"],
-                        target, started)
-    report(target.replace(" ", "-"), started, {"accepted": round(accepted, 3), "polls": polls,
-                                               "requests": api.requests})
+    def manage(self, nodes, args, started):
+        """PUT .../states/provision {"target": "manage"} per node (202; the conductor verifies
+        the BMC: validates driver_info, logs in, reads the power state), then the list until
+        every node is manageable with nothing pending."""
+        def one(node):
+            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                                  {"target": "manage"}), (202,), f"manage {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        accepted = time.monotonic() - started
+        polls = wait_all(self.list, len(nodes),
+                         lambda n: n["provision_state"] == "manageable"
+                         and not n["target_provision_state"],
+                         lambda n: n["provision_state"] in ("enroll", "error")
+                         and not n["target_provision_state"] and n["last_error"]
+                         and f"{n['name']}: {n['last_error']}",
+                         "ironic manage", started)
+        return {"accepted": round(accepted, 3), "polls": polls}
 
+    def power(self, nodes, args, started, target):
+        """PUT .../states/power {"target": "power on|power off"} per node (202), then the list
+        until each power_state is the target and no change is pending (Ironic records the new
+        state once its driver has read it back from the BMC)."""
+        word = {"on": "power on", "off": "power off"}[target]
 
-# --- Kiln -----------------------------------------------------------------------------------
+        def one(node):
+            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/power",
+                                  {"target": word}), (202,), f"{word} {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        accepted = time.monotonic() - started
+        polls = wait_all(self.list, len(nodes),
+                         lambda n: n["power_state"] == word and not n["target_power_state"],
+                         lambda n: not n["target_power_state"] and n["power_state"] != word
+                         and n["last_error"] and f"{n['name']}: {n['last_error']}",
+                         f"ironic {word}", started)
+        return {"accepted": round(accepted, 3), "polls": polls}
 
-def kiln_api(args):
-    token = open(os.path.join(args.data_dir, "api-token")).read().strip()
-    url = open(os.path.join(args.data_dir, "api-url")).read().strip()
-    return Api(url, {"Authorization": f"Bearer {token}", "Accept": "application/json"})
-
-
-def kiln_cli(args, *words):
-    subprocess.run([args.kiln, "--data-dir", args.data_dir, *words], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
-def kiln_nodes(api):
-    return expect(*api.call("GET", "/v1/nodes"), (200,), "list")
-
-
-def kiln_enroll(args):
-    """`kiln enroll rack.yaml`: one CLI process, one API call, one transaction."""
-    api, count = kiln_api(args), len(load_nodes(args.nodes))
-    started = time.monotonic()
-    kiln_cli(args, "enroll", args.inventory)
-    elapsed = time.monotonic() - started
-    nodes = kiln_nodes(api)
-    states = {n["provision_state"] for n in nodes}
-    if len(nodes) != count or states != {"enroll"}:
-        raise SystemExit(f"kiln enroll: {len(nodes)} nodes, states {sorted(states)}")
-    print(json.dumps({"phase": "enroll", "seconds": round(elapsed, 3), "requests": 1}), flush=True)
-
-
-def kiln_manage(args):
-    """`kiln node manage NAME...` (one CLI process: one PUT .../states/provision per node, in
-    turn), then GET /v1/nodes until all are manageable (the conductor verifies each node by
-    reading its power state through the BMC)."""
-    api, nodes = kiln_api(args), load_nodes(args.nodes)
-    started = time.monotonic()
-    kiln_cli(args, "node", "manage", *[n["name"] for n in nodes])
-    accepted = time.monotonic() - started
-    polls = 0
-    while True:
-        listed = kiln_nodes(api)
-        polls += 1
-        failed = [n for n in listed if n["provision_state"] not in
-                  ("enroll", "verifying", "manageable")]
-        if failed:
-            raise SystemExit(f"kiln manage: {failed[0]['spec']['name']} is "
-                             f"{failed[0]['provision_state']}: {failed[0].get('last_error')}")
-        if sum(1 for n in listed if n["provision_state"] == "manageable") == len(nodes):
-            break
-        if time.monotonic() - started > PHASE_TIMEOUT:
-            raise SystemExit("kiln manage: timed out")
-        time.sleep(POLL_PAUSE)
-    report("verify", started, {"accepted": round(accepted, 3), "polls": polls,
-                               "requests": len(nodes) + polls})
+    def boot_pxe(self, nodes, args, started):
+        """PUT .../management/boot_device {"boot_device": "pxe", "persistent": false} per node:
+        synchronous (the API waits for the conductor's BMC PATCH), 204."""
+        def one(node):
+            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/management/boot_device",
+                                  {"boot_device": "pxe", "persistent": False}),
+                   (200, 202, 204), f"boot device {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        return {}
 
 
-def kiln_power(args):
-    """PUT /v1/nodes/NAME/states/power {"target": "on|off"} for every node, CONCURRENCY at once.
-    Kiln's call returns when the BMC reports the new state (its driver polls), with that state."""
-    api, nodes = kiln_api(args), load_nodes(args.nodes)
-    target = args.target
+class Kiln:
+    """Kiln's REST API (/v1, bearer token from the data directory)."""
 
-    def one(node):
-        body = expect(*api.call("PUT", f"/v1/nodes/{node['name']}/states/power",
-                                {"target": target}), (200,), f"{target} {node['name']}")
-        if body.get("power_state") != target:
-            raise SystemExit(f"kiln power {target} {node['name']}: now {body}")
+    name = "kiln"
 
-    started = time.monotonic()
-    run_all(one, nodes, args.concurrency)
-    report(f"power-{target}", started, {"requests": api.requests})
+    def __init__(self, args):
+        token = open(os.path.join(args.data_dir, "api-token")).read().strip()
+        url = args.api or open(os.path.join(args.data_dir, "api-url")).read().strip()
+        self.api = Api(url, {"Authorization": f"Bearer {token}", "Accept": "application/json"})
+
+    def list(self):
+        return expect(*self.api.call("GET", "/v1/nodes"), (200,), "kiln list")
+
+    def enroll(self, nodes, args):
+        """POST /v1/inventory with the rack file (what `kiln enroll FILE` sends): one request,
+        validated whole, one transaction."""
+        with open(args.inventory) as f:
+            content = f.read()
+        report = expect(*self.api.call("POST", "/v1/inventory",
+                                       {"file": os.path.basename(args.inventory),
+                                        "content": content}), (200,), "kiln enroll")
+        listed = self.list()
+        states = {n["provision_state"] for n in listed}
+        if len(listed) != len(nodes) or states != {"enroll"} or \
+                len(report.get("created", [])) != len(nodes):
+            raise SystemExit(f"kiln enroll: {len(listed)} nodes, states {sorted(states)}")
+        return {}
+
+    def manage(self, nodes, args, started):
+        """PUT .../states/provision {"target": "manage"} per node (202; the conductor verifies
+        the BMC: reads the power state with the node's credentials), then the list until every
+        node is manageable."""
+        def one(node):
+            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                                  {"target": "manage"}), (202,), f"manage {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        accepted = time.monotonic() - started
+        polls = wait_all(self.list, len(nodes),
+                         lambda n: n["provision_state"] == "manageable",
+                         lambda n: n["provision_state"] not in
+                         ("enroll", "verifying", "manageable")
+                         and f"{n['spec']['name']} is {n['provision_state']}: "
+                             f"{n.get('last_error')}",
+                         "kiln manage", started)
+        return {"accepted": round(accepted, 3), "polls": polls}
+
+    def power(self, nodes, args, started, target):
+        """PUT .../states/power {"target": "on|off"} per node: the reply comes once the BMC
+        reports the new state (the driver polls it), and carries that state."""
+        def one(node):
+            body = expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/power",
+                                         {"target": target}), (200,), f"{target} {node['name']}")
+            if body.get("power_state") != target:
+                raise SystemExit(f"kiln power {target} {node['name']}: now {body}")
+        run_all(one, nodes, args.concurrency)
+        return {}
+
+    def boot_pxe(self, nodes, args, started):
+        """PUT .../states/boot_device {"device": "pxe", "persistent": false} per node: the
+        reply comes after the BMC accepted the PATCH."""
+        def one(node):
+            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/boot_device",
+                                  {"device": "pxe", "persistent": False}), (200,),
+                   f"boot device {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        return {}
 
 
-def kiln_power_cli(args):
-    """The same through the CLI: one `kiln node power NAME on|off` process per node,
-    CONCURRENCY processes at once (Kiln's CLI has no bulk power call)."""
-    nodes = load_nodes(args.nodes)
-    target = args.target
+# --- the BMCs and the processes -----------------------------------------------------------------
 
-    def one(node):
-        kiln_cli(args, "node", "power", node["name"], target)
-
-    started = time.monotonic()
-    run_all(one, nodes, args.concurrency)
-    report(f"power-{target}-cli", started, {"processes": len(nodes)})
-
-
-# --- The BMCs and processes -----------------------------------------------------------------
-
-def bmc_check(args):
-    """Reads every system's PowerState straight from the BMCs (outside any timed phase)."""
-    nodes = load_nodes(args.nodes)
+def bmc_systems(nodes):
+    """Every system as the BMC reports it now (never timed)."""
     apis = {}
+    lock = threading.Lock()
 
     def one(node):
-        api = apis.get(node["base"])
-        if api is None:
-            auth = base64.b64encode(f"{node['user']}:{node['password']}".encode()).decode()
-            api = apis.setdefault(node["base"], Api(node["base"], {"Authorization": f"Basic {auth}"}))
-        status, body = api.call("GET", node["system"])
-        return expect(status, body, (200,), f"BMC {node['name']}").get("PowerState")
+        with lock:
+            api = apis.get(node["base"])
+            if api is None:
+                auth = base64.b64encode(f"{node['user']}:{node['password']}".encode()).decode()
+                api = apis[node["base"]] = Api(node["base"], {"Authorization": f"Basic {auth}"})
+        return expect(*api.call("GET", node["system"]), (200,), f"BMC {node['name']}")
 
-    states = run_all(one, nodes, 16)
-    wrong = [(n["name"], s) for n, s in zip(nodes, states) if s != args.state]
+    return run_all(one, nodes, 8)
+
+
+def bmc_check(nodes, power=None, boot_target=None):
+    wrong = []
+    for node, system in zip(nodes, bmc_systems(nodes)):
+        if power and system.get("PowerState") != power:
+            wrong.append((node["name"], system.get("PowerState")))
+        boot = system.get("Boot", {})
+        if boot_target and boot.get("BootSourceOverrideTarget") != boot_target:
+            wrong.append((node["name"], boot))
     if wrong:
-        raise SystemExit(f"BMC check: {len(wrong)} systems not {args.state}, e.g. {wrong[:3]}")
-    print(json.dumps({"bmc_check": args.state, "systems": len(nodes)}), flush=True)
+        raise SystemExit(f"BMC check: {len(wrong)} systems wrong, e.g. {wrong[:2]}")
 
 
 def tree(pid):
@@ -328,52 +377,138 @@ def tree(pid):
     return out
 
 
-def proc_stats(args):
-    """CPU seconds (user+system, the tree's live processes) and the sum of their VmHWM / VmRSS."""
+def proc_stats(pid):
+    """CPU seconds (user+system, with reaped children's) of a process tree, and the sums of its
+    processes' VmHWM (peak RSS) and VmRSS, in MiB."""
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu, hwm, rss, pids = 0.0, 0, 0, []
-    for pid in tree(args.pid):
+    cpu, hwm, rss, count = 0.0, 0, 0, 0
+    for p in tree(pid):
         try:
-            with open(f"/proc/{pid}/stat") as f:
+            with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / ticks
-            with open(f"/proc/{pid}/status") as f:
+            # utime stime cutime cstime: fields 14-17 of stat, 11-14 after the comm field
+            cpu += sum(int(x) for x in fields[11:15]) / ticks
+            with open(f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith("VmHWM:"):
                         hwm += int(line.split()[1])
                     elif line.startswith("VmRSS:"):
                         rss += int(line.split()[1])
-            pids.append(pid)
+            count += 1
         except OSError:
             pass
-    print(json.dumps({"pid": args.pid, "cpu": round(cpu, 2), "hwm_mb": round(hwm / 1024, 1),
-                      "rss_mb": round(rss / 1024, 1), "processes": len(pids)}))
+    return {"cpu": round(cpu, 2), "hwm_mb": round(hwm / 1024, 1),
+            "rss_mb": round(rss / 1024, 1), "processes": count}
+
+
+PHASES = ["enroll", "verify", "power-on", "power-off", "boot-pxe"]
+
+
+def run(args):
+    nodes = load_nodes(args.nodes)
+    plane = {"kiln": Kiln, "ironic": Ironic}[args.system](args)
+    out = open(args.out, "w")
+
+    def emit(record):
+        record["system"] = plane.name
+        line = json.dumps(record)
+        print(line, flush=True)
+        out.write(line + "\n")
+        out.flush()
+
+    emit({"phase": "start", "daemon": proc_stats(args.pid), "bmc": proc_stats(args.bmc_pid)})
+    before_d, before_b = proc_stats(args.pid), proc_stats(args.bmc_pid)
+    total = 0.0
+    for phase in PHASES:
+        requests0 = plane.api.requests
+        cpu0, bcpu0 = proc_stats(args.pid)["cpu"], proc_stats(args.bmc_pid)["cpu"]
+        started = time.monotonic()
+        if phase == "enroll":
+            extra = plane.enroll(nodes, args)
+        elif phase == "verify":
+            extra = plane.manage(nodes, args, started)
+        elif phase == "power-on":
+            extra = plane.power(nodes, args, started, "on")
+        elif phase == "power-off":
+            extra = plane.power(nodes, args, started, "off")
+        else:
+            extra = plane.boot_pxe(nodes, args, started)
+        seconds = time.monotonic() - started
+        total += seconds
+        daemon, bmc = proc_stats(args.pid), proc_stats(args.bmc_pid)
+        # The truth, from the BMCs (outside the timing).
+        if phase == "verify":
+            bmc_check(nodes, power="Off")
+        elif phase == "power-on":
+            bmc_check(nodes, power="On")
+        elif phase == "power-off":
+            bmc_check(nodes, power="Off")
+        elif phase == "boot-pxe":
+            bmc_check(nodes, boot_target="Pxe")
+        emit({"phase": phase, "seconds": round(seconds, 3),
+              "requests": plane.api.requests - requests0,
+              "daemon_cpu": round(daemon["cpu"] - cpu0, 2),
+              "bmc_cpu": round(bmc["cpu"] - bcpu0, 2), **extra})
+    after_d, after_b = proc_stats(args.pid), proc_stats(args.bmc_pid)
+    emit({"phase": "total", "seconds": round(total, 3),
+          "daemon_cpu": round(after_d["cpu"] - before_d["cpu"], 2),
+          "bmc_cpu": round(after_b["cpu"] - before_b["cpu"], 2),
+          "daemon": after_d, "bmc": after_b})
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+def table(args):
+    def load(path):
+        return {r["phase"]: r for r in map(json.loads, open(path))}
+    kiln, ironic = load(args.kiln), load(args.ironic)
+    lines = [
+        "| phase | Kiln s | Ironic s | Ironic/Kiln | Kiln CPU s | Ironic CPU s "
+        "| BMC CPU s (Kiln / Ironic) | requests (Kiln / Ironic) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase in PHASES + ["total"]:
+        k, i = kiln[phase], ironic[phase]
+        ratio = i["seconds"] / k["seconds"] if k["seconds"] > 0 else float("inf")
+        req = (f"{k['requests']} / {i['requests']}" if "requests" in k else "")
+        lines.append(f"| {phase} | {k['seconds']:.3f} | {i['seconds']:.3f} | {ratio:.1f}× "
+                     f"| {k['daemon_cpu']:.2f} | {i['daemon_cpu']:.2f} "
+                     f"| {k['bmc_cpu']:.2f} / {i['bmc_cpu']:.2f} | {req} |")
+    kd, idd = kiln["total"]["daemon"], ironic["total"]["daemon"]
+    ks, iss = kiln["start"]["daemon"], ironic["start"]["daemon"]
+    lines += [
+        "",
+        "| daemon | RSS after start MiB | peak RSS MiB (sum of VmHWM) | processes |",
+        "|---|---:|---:|---:|",
+        f"| Kiln | {ks['rss_mb']} | {kd['hwm_mb']} | {kd['processes']} |",
+        f"| Ironic | {iss['rss_mb']} | {idd['hwm_mb']} | {idd['processes']} |",
+    ]
+    print("\n".join(lines))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-
-    def add(name, fn, **flags):
-        s = sub.add_parser(name)
-        s.set_defaults(fn=fn)
-        for flag, kw in flags.items():
-            s.add_argument("--" + flag.replace("_", "-"), **kw)
-        return s
-
-    common_ironic = dict(api=dict(required=True), nodes=dict(required=True),
-                         concurrency=dict(type=int, default=134))
-    common_kiln = dict(kiln=dict(required=True), data_dir=dict(required=True),
-                       nodes=dict(required=True), concurrency=dict(type=int, default=134))
-    add("ironic-enroll", ironic_enroll, **common_ironic)
-    add("ironic-manage", ironic_manage, **common_ironic)
-    add("ironic-power", ironic_power, target=dict(required=True), **common_ironic)
-    add("kiln-enroll", kiln_enroll, inventory=dict(required=True), **common_kiln)
-    add("kiln-manage", kiln_manage, **common_kiln)
-    add("kiln-power", kiln_power, target=dict(required=True), **common_kiln)
-    add("kiln-power-cli", kiln_power_cli, target=dict(required=True), **common_kiln)
-    add("bmc-check", bmc_check, nodes=dict(required=True), state=dict(required=True))
-    add("proc-stats", proc_stats, pid=dict(type=int, required=True))
+    s = sub.add_parser("setup")
+    s.add_argument("dir")
+    s.add_argument("count", type=int)
+    s.add_argument("sushy_url")
+    s.set_defaults(fn=setup)
+    r = sub.add_parser("run")
+    r.add_argument("system", choices=["kiln", "ironic"])
+    r.add_argument("--api", help="base URL (Kiln: default DATA_DIR/api-url)")
+    r.add_argument("--data-dir", help="Kiln's data directory (token)")
+    r.add_argument("--inventory", help="Kiln's rack file")
+    r.add_argument("--nodes", required=True)
+    r.add_argument("--pid", type=int, required=True, help="the daemon's pid")
+    r.add_argument("--bmc-pid", type=int, required=True, help="the BMC emulator's pid")
+    r.add_argument("--concurrency", type=int, default=16)
+    r.add_argument("--out", required=True)
+    r.set_defaults(fn=run)
+    t = sub.add_parser("table")
+    t.add_argument("kiln")
+    t.add_argument("ironic")
+    t.set_defaults(fn=table)
     args = p.parse_args()
     args.fn(args)
 
