@@ -5,6 +5,7 @@ pub mod api;
 pub mod bmc;
 pub mod boot;
 pub mod ca;
+pub mod civil;
 pub mod cli;
 pub mod conductor;
 pub mod deployer;

@@ -602,13 +602,7 @@ fn chrono_like_epoch(text: &str) -> Option<i64> {
             sign * (parts.next().unwrap_or(0) * 3600 + parts.next().unwrap_or(0) * 60)
         })
         .unwrap_or(0);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
+    let days = crate::civil::to_days(y, m, day);
     Some(days * 86400 + h * 3600 + min * 60 + s - offset)
 }
 

@@ -519,20 +519,12 @@ fn stdout_frame(payload: &[u8]) -> Body {
 }
 
 mod civil {
-    //! Seconds since the epoch → RFC 3339 UTC (civil-from-days, Howard Hinnant's algorithm).
+    //! Seconds since the epoch → RFC 3339 UTC.
 
     pub fn format(epoch_secs: i64, nanos: u32) -> String {
         let days = epoch_secs.div_euclid(86_400);
         let secs = epoch_secs.rem_euclid(86_400);
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let (year, month, day) = crate::civil::from_days(days);
         format!(
             "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
             secs / 3600,
