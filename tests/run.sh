@@ -38,6 +38,9 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v wget >/dev/null || need+=(wget)
+# The deployer's ssh:// engines: the system ssh client, and a real sshd for tests/services_ssh.
+command -v ssh >/dev/null || need+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
 if ((${#need[@]})); then
     echo "installing: ${need[*]}"
     # Keep package scripts from starting services (PostgreSQL's cluster): tests start their own.

@@ -27,8 +27,13 @@ pub enum Endpoint {
         address: String,
         tls: TlsSource,
     },
-    /// `ssh://user@host`: the system ssh client runs `docker system dial-stdio` on the host.
-    Ssh(String),
+    /// `ssh://[user@]host[:port]`: the system ssh client runs `docker system dial-stdio` on the
+    /// host (engine/ssh_tunnel.rs); `key` is the private key to offer (`ssh_key:`), else ssh's
+    /// own configuration decides.
+    Ssh {
+        url: String,
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,7 +54,7 @@ impl Endpoint {
             Endpoint::Unix(path) => format!("unix://{}", path.display()),
             Endpoint::Tcp(address) => format!("tcp://{address}"),
             Endpoint::Tls { address, .. } => format!("tcp://{address} (TLS)"),
-            Endpoint::Ssh(url) => url.clone(),
+            Endpoint::Ssh { url, .. } => url.clone(),
         }
     }
 }
@@ -76,6 +81,9 @@ struct HostWire {
     docker: String,
     #[serde(default)]
     tls: Option<TlsWire>,
+    /// Private key for an `ssh://` engine (Kolla's `ansible_ssh_private_key_file`).
+    #[serde(default)]
+    ssh_key: Option<PathBuf>,
     #[serde(default)]
     groups: Vec<String>,
 }
@@ -142,7 +150,12 @@ fn host_from_wire(wire: HostWire) -> Result<Host, String> {
         }
         Some(TlsWire::Files { ca, cert, key }) => Some(TlsSource::Files { ca, cert, key }),
     };
-    let endpoint = parse_endpoint(&wire.docker, tls).map_err(|m| format!("docker: {m}"))?;
+    let mut endpoint = parse_endpoint(&wire.docker, tls).map_err(|m| format!("docker: {m}"))?;
+    match (&mut endpoint, wire.ssh_key) {
+        (Endpoint::Ssh { key, .. }, Some(path)) => *key = Some(path),
+        (_, Some(_)) => return Err("ssh_key: only an ssh:// docker URL uses a key".into()),
+        (_, None) => {}
+    }
     let address = match wire.address {
         Some(address) => address,
         None => endpoint_ip(&endpoint).ok_or_else(|| {
@@ -165,7 +178,14 @@ pub fn parse_endpoint(url: &str, tls: Option<TlsSource>) -> Result<Endpoint, Str
         return Ok(Endpoint::Unix(PathBuf::from(path)));
     }
     if url.starts_with("ssh://") {
-        return Ok(Endpoint::Ssh(url.to_string()));
+        if tls.is_some() {
+            return Err("tls makes no sense over ssh".into());
+        }
+        crate::deployer::engine::ssh_tunnel::parse_target(url)?;
+        return Ok(Endpoint::Ssh {
+            url: url.to_string(),
+            key: None,
+        });
     }
     let address = url
         .strip_prefix("tcp://")
@@ -186,7 +206,10 @@ fn endpoint_ip(endpoint: &Endpoint) -> Option<IpAddr> {
     let address = match endpoint {
         Endpoint::Tcp(address) | Endpoint::Tls { address, .. } => address.as_str(),
         Endpoint::Unix(_) => return Some(IpAddr::from([127, 0, 0, 1])),
-        Endpoint::Ssh(url) => url.trim_start_matches("ssh://").rsplit('@').next()?,
+        Endpoint::Ssh { url, .. } => {
+            let target = crate::deployer::engine::ssh_tunnel::parse_target(url).ok()?;
+            return target.host.parse().ok();
+        }
     };
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
     host.trim_matches(['[', ']']).parse().ok()
@@ -257,7 +280,8 @@ mod tests {
           - {name: a, docker: 'unix:///run/docker.sock', groups: [control]}\n\
           - {name: b, docker: 'tcp://10.0.0.2:2375', groups: [compute]}\n\
           - {name: c, docker: 'tcp://10.0.0.3:2376', tls: kiln}\n\
-          - {name: d, address: 10.0.0.4, docker: 'ssh://root@d.example'}\n";
+          - {name: d, address: 10.0.0.4, docker: 'ssh://root@d.example'}\n\
+          - {name: e, docker: 'ssh://ops@10.0.0.5:2222', ssh_key: /keys/ops}\n";
         let hosts = parse_hosts(text).expect("valid");
         assert_eq!(hosts[0].endpoint, Endpoint::Unix("/run/docker.sock".into()));
         assert_eq!(hosts[1].address.to_string(), "10.0.0.2");
@@ -269,8 +293,16 @@ mod tests {
             }
         );
         assert_eq!(hosts[3].address.to_string(), "10.0.0.4");
+        assert_eq!(hosts[4].address.to_string(), "10.0.0.5", "from the ssh URL");
+        assert_eq!(
+            hosts[4].endpoint,
+            Endpoint::Ssh {
+                url: "ssh://ops@10.0.0.5:2222".into(),
+                key: Some("/keys/ops".into())
+            }
+        );
         let groups = groups(&hosts);
-        assert_eq!(groups["all"].len(), 4);
+        assert_eq!(groups["all"].len(), 5);
         assert_eq!(groups["compute"], vec!["b"]);
     }
 
@@ -279,7 +311,7 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let hosts = load(&root.join("hosts.yaml")).expect("examples/hosts.yaml");
         assert_eq!(hosts.len(), 4);
-        assert!(matches!(hosts[3].endpoint, Endpoint::Ssh(_)));
+        assert!(matches!(hosts[3].endpoint, Endpoint::Ssh { .. }));
         let rack = load(&root.join("rack.yaml")).expect("examples/rack.yaml as hosts");
         assert!(rack.iter().all(|h| matches!(
             &h.endpoint,
@@ -294,6 +326,15 @@ mod tests {
         assert!(err.contains("hosts[0]: docker:"), "{err}");
         let err = parse_hosts("hosts:\n  - {name: a, docker: 'ssh://root@a'}\n").unwrap_err();
         assert!(err.contains("address"), "{err}");
+        let err = parse_hosts("hosts:\n  - {name: a, docker: 'ssh://a:99999'}\n").unwrap_err();
+        assert!(
+            err.contains("hosts[0]: docker:") && err.contains("port"),
+            "{err}"
+        );
+        let err =
+            parse_hosts("hosts:\n  - {name: a, docker: 'tcp://10.0.0.1:2375', ssh_key: /k}\n")
+                .unwrap_err();
+        assert!(err.contains("ssh_key"), "{err}");
         let err = parse_hosts("hosts:\n  - {name: a, dokcer: x}\n").unwrap_err();
         assert!(err.contains("dokcer"), "{err}");
     }

@@ -2,6 +2,7 @@
 //! TLS (Kiln's CA) or SSH. Speaks API 1.41 (Docker 20.10, Debian bookworm's `docker.io`), which
 //! newer engines still accept.
 
+use super::ssh_tunnel::SshTunnel;
 use super::{Engine, EngineError, EngineInfo};
 use crate::deployer::hosts::{Endpoint, TlsSource};
 use crate::deployer::plan::{Health, Observed, RunState};
@@ -33,6 +34,8 @@ const REQUEST_TIMEOUT_S: u64 = 1800;
 pub struct DockerEngine {
     docker: Docker,
     endpoint: String,
+    /// Carries bollard's connections to an `ssh://` host; `None` for the other endpoints.
+    tunnel: Option<SshTunnel>,
 }
 
 impl DockerEngine {
@@ -44,6 +47,7 @@ impl DockerEngine {
             endpoint: described.clone(),
             message: err.to_string(),
         };
+        let mut tunnel = None;
         let docker = match endpoint {
             Endpoint::Unix(path) => {
                 Docker::connect_with_unix(&path.to_string_lossy(), REQUEST_TIMEOUT_S, API_VERSION)
@@ -88,14 +92,23 @@ impl DockerEngine {
                     API_VERSION,
                 )
             }
-            Endpoint::Ssh(url) => {
-                Docker::connect_with_ssh(url, REQUEST_TIMEOUT_S, API_VERSION, None)
+            Endpoint::Ssh { url, key } => {
+                let opened = SshTunnel::open(url, key.as_deref(), data_dir).map_err(|message| {
+                    EngineError::Unreachable {
+                        endpoint: described.clone(),
+                        message,
+                    }
+                })?;
+                let socket = opened.socket().to_string_lossy().into_owned();
+                tunnel = Some(opened);
+                Docker::connect_with_unix(&socket, REQUEST_TIMEOUT_S, API_VERSION)
             }
         }
         .map_err(unreachable)?;
         Ok(DockerEngine {
             docker,
             endpoint: endpoint.describe(),
+            tunnel,
         })
     }
 
@@ -107,12 +120,23 @@ impl DockerEngine {
     ) -> EngineError {
         match err {
             bollard::errors::Error::HyperResponseError { .. }
+            | bollard::errors::Error::HyperLegacyError { .. }
             | bollard::errors::Error::IOError { .. }
             | bollard::errors::Error::RequestTimeoutError => EngineError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                message: err.to_string(),
+                message: self.with_ssh_reason(err.to_string()),
             },
             other => EngineError::failed(operation, target, other),
+        }
+    }
+}
+
+impl DockerEngine {
+    /// An SSH host's failures surface to bollard as a closed connection; ssh's own words say why.
+    fn with_ssh_reason(&self, message: String) -> String {
+        match self.tunnel.as_ref().and_then(SshTunnel::last_error) {
+            Some(reason) => format!("{reason} ({message})"),
+            None => message,
         }
     }
 }

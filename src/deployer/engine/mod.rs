@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod sim;
+pub mod ssh_tunnel;
 
 use super::plan::Observed;
 use super::spec::ContainerSpec;
