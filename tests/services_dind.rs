@@ -237,6 +237,27 @@ fn deploy_reconcile_fail_and_destroy_on_three_engines() {
         noop.as_secs_f64()
     );
 
+    // With the images present, prechecks measure each engine's free disk (a throwaway `df`
+    // container); an impossible minimum fails in plain words; no probe container stays.
+    let (code, out, err) = rig.services("prechecks", &[]);
+    assert_eq!(code, 0, "prechecks after deploy: {out}{err}");
+    assert_eq!(out.matches(" GiB free").count(), 3, "{out}");
+    rig.write_globals("precheck_min_free_gb: 1000000\n");
+    let (code, out, err) = rig.services("prechecks", &[]);
+    assert_ne!(code, 0, "a 1 PB minimum passed: {out}");
+    assert!(
+        err.contains("host node3: only ") && err.contains("precheck_min_free_gb"),
+        "{err}"
+    );
+    rig.write_globals("");
+    for node in ["node1", "node2", "node3"] {
+        let probes = rig.lab.docker_ok(
+            rig.lab.node(node),
+            &["ps", "-aq", "--filter", "name=kiln-disk-probe"],
+        );
+        assert!(probes.trim().is_empty(), "{node}: probe left: {probes}");
+    }
+
     // One config value changes: exactly the web containers are recreated.
     rig.write_globals("greeting: bonjour\n");
     let (code, out, err) = rig.services("reconfigure", &[]);

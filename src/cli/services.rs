@@ -105,7 +105,13 @@ pub(super) struct Loaded {
     pub passwords: Passwords,
     pub rendered: Vec<RenderedService>,
     pub filters: Filters,
+    /// Prechecks fail a host with less free space under its engine's root (globals
+    /// `precheck_min_free_gb`, default [`DEFAULT_MIN_FREE_GB`]).
+    pub min_free_bytes: u64,
 }
+
+/// Room for a control host's images (Kolla's are ~0.5–1 GB each, sharing base layers) and logs.
+const DEFAULT_MIN_FREE_GB: u64 = 2;
 
 fn load(options: &CommonOptions) -> Result<Loaded> {
     let hosts = hosts::load(&options.inventory)?;
@@ -120,6 +126,10 @@ fn load(options: &CommonOptions) -> Result<Loaded> {
     let globals = Globals::load(globals_path)?;
     let passwords = Passwords::load(&options.passwords)?;
     let rendered = render::render(&catalog, &hosts, &globals, &passwords)?;
+    let min_free_gb = globals
+        .get_u64("precheck_min_free_gb")
+        .map_err(|message| anyhow::anyhow!("{}: {message}", options.globals.display()))?
+        .unwrap_or(DEFAULT_MIN_FREE_GB);
     let names: BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     for host in &options.limit {
         if !names.contains(host.as_str()) {
@@ -145,6 +155,7 @@ fn load(options: &CommonOptions) -> Result<Loaded> {
         passwords,
         rendered,
         filters,
+        min_free_bytes: min_free_gb << 30,
     })
 }
 
@@ -476,7 +487,8 @@ async fn prechecks(options: &CommonOptions, data_dir: &Path, json: bool) -> Resu
     let checks = futures::future::join_all(hosts.iter().map(|host| {
         let engine = engines.get(&host.name).cloned();
         let rendered = &loaded.rendered;
-        async move { super::services_checks::check_host(host, engine, rendered).await }
+        let min_free = loaded.min_free_bytes;
+        async move { super::services_checks::check_host(host, engine, rendered, min_free).await }
     }))
     .await;
     let mut table = Table::new();
@@ -486,6 +498,7 @@ async fn prechecks(options: &CommonOptions, data_dir: &Path, json: bool) -> Resu
         "VERSION",
         "CLOCK SKEW",
         "PORTS",
+        "DISK",
         "RESULT",
     ]);
     for check in &checks {

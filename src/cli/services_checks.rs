@@ -1,8 +1,9 @@
 //! `kiln services prechecks` per host: the engine answers and is recent enough, its clock agrees
-//! with ours, and the ports the host's services will listen on are free (or already held by
-//! Kiln's own running containers).
+//! with ours, the ports the host's services will listen on are free (or already held by Kiln's
+//! own running containers), and its root directory has room (measured once one of the host's
+//! images is present: after `kiln services pull`, or on a redeploy).
 
-use crate::deployer::engine::Engine;
+use crate::deployer::engine::{DiskFree, Engine};
 use crate::deployer::hosts::Host;
 use crate::deployer::plan::RunState;
 use crate::deployer::render::RenderedService;
@@ -20,6 +21,7 @@ pub struct HostCheck {
     version: String,
     skew: String,
     ports: String,
+    disk: String,
     pub problems: Vec<String>,
 }
 
@@ -31,6 +33,7 @@ impl HostCheck {
             self.version.clone(),
             self.skew.clone(),
             self.ports.clone(),
+            self.disk.clone(),
             if self.problems.is_empty() {
                 "ok"
             } else {
@@ -45,6 +48,7 @@ pub async fn check_host(
     host: &Host,
     engine: Option<Arc<dyn Engine>>,
     rendered: &[RenderedService],
+    min_free_bytes: u64,
 ) -> HostCheck {
     let mut check = HostCheck {
         host: host.name.clone(),
@@ -52,6 +56,7 @@ pub async fn check_host(
         version: "-".into(),
         skew: "-".into(),
         ports: "-".into(),
+        disk: "-".into(),
         problems: Vec::new(),
     };
     let Some(engine) = engine else {
@@ -109,6 +114,18 @@ pub async fn check_host(
             busy.push(*port);
         }
     }
+    let images: BTreeSet<String> = containers_on(host, rendered)
+        .map(|c| c.image.clone())
+        .collect();
+    let images: Vec<String> = images.into_iter().collect();
+    match engine.free_disk(&images).await {
+        Ok(free) => {
+            let (text, problem) = disk_verdict(free.as_ref(), min_free_bytes);
+            check.disk = text;
+            check.problems.extend(problem);
+        }
+        Err(err) => check.problems.push(format!("measuring free disk: {err}")),
+    }
     check.ports = format!("{} needed, {} busy", wanted.len(), busy.len());
     for port in busy {
         check.problems.push(format!(
@@ -142,6 +159,27 @@ async fn port_answers(host: &Host, port: u16) -> bool {
     )
 }
 
+/// The DISK column and, below the minimum, the problem in plain words.
+fn disk_verdict(free: Option<&DiskFree>, min_free_bytes: u64) -> (String, Option<String>) {
+    let Some(free) = free else {
+        return ("unknown (no image yet)".into(), None);
+    };
+    let text = format!("{} free", gib(free.available_bytes));
+    let problem = (free.available_bytes < min_free_bytes).then(|| {
+        format!(
+            "only {} free under {} (prechecks want {}: globals precheck_min_free_gb)",
+            gib(free.available_bytes),
+            free.root,
+            gib(min_free_bytes)
+        )
+    });
+    (text, problem)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 fn version_at_least(version: &str, min: (u32, u32)) -> bool {
     let mut parts = version
         .split(['.', '-', '+'])
@@ -153,7 +191,32 @@ fn version_at_least(version: &str, min: (u32, u32)) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::version_at_least;
+    use super::{DiskFree, disk_verdict, version_at_least};
+
+    #[test]
+    fn disk_room() {
+        let free = |gib: u64| DiskFree {
+            root: "/var/lib/docker".into(),
+            available_bytes: gib << 30,
+        };
+        assert_eq!(
+            disk_verdict(None, 2 << 30),
+            ("unknown (no image yet)".to_string(), None)
+        );
+        let (text, problem) = disk_verdict(Some(&free(40)), 2 << 30);
+        assert_eq!((text.as_str(), problem), ("40.0 GiB free", None));
+        let (_, problem) = disk_verdict(Some(&free(2)), 2 << 30);
+        assert_eq!(problem, None, "exactly the minimum is enough");
+        let (text, problem) = disk_verdict(Some(&free(1)), 2 << 30);
+        assert_eq!(text, "1.0 GiB free");
+        let problem = problem.expect("below the minimum");
+        assert!(
+            problem.contains("only 1.0 GiB free under /var/lib/docker")
+                && problem.contains("2.0 GiB")
+                && problem.contains("precheck_min_free_gb"),
+            "{problem}"
+        );
+    }
 
     #[test]
     fn engine_versions() {

@@ -72,6 +72,16 @@ impl Globals {
         self
     }
 
+    /// A whole number; `Err` names the key when it is set to something else.
+    pub fn get_u64(&self, key: &str) -> Result<Option<u64>, String> {
+        match self.values.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => Ok(n.as_u64()),
+            Some(Value::String(s)) if s.trim().parse::<u64>().is_ok() => Ok(s.trim().parse().ok()),
+            Some(other) => Err(format!("{key}: must be a whole number, not {other}")),
+        }
+    }
+
     pub fn get_str(&self, key: &str) -> Option<&str> {
         self.values.get(key).and_then(Value::as_str)
     }

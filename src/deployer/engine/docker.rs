@@ -2,8 +2,10 @@
 //! TLS (Kiln's CA) or SSH. Speaks API 1.41 (Docker 20.10, Debian bookworm's `docker.io`), which
 //! newer engines still accept.
 
+mod disk_probe;
+
 use super::ssh_tunnel::SshTunnel;
-use super::{Engine, EngineError, EngineInfo};
+use super::{DiskFree, Engine, EngineError, EngineInfo};
 use crate::deployer::hosts::{Endpoint, TlsSource};
 use crate::deployer::plan::{Health, Observed, RunState};
 use crate::deployer::spec::{ContainerSpec, LABEL_MANAGED};
@@ -482,6 +484,10 @@ impl Engine for DockerEngine {
         }
         let skip = out.len().saturating_sub(lines);
         Ok(out.split_off(skip))
+    }
+
+    async fn free_disk(&self, images: &[String]) -> Result<Option<DiskFree>, EngineError> {
+        self.probe_free_disk(images).await
     }
 
     async fn remove_managed_volumes(&self) -> Result<Vec<String>, EngineError> {

@@ -42,6 +42,14 @@ pub struct EngineInfo {
     pub containers_running: i64,
 }
 
+/// Free space under the engine's root directory (images, containers, volumes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskFree {
+    /// The engine's `DockerRootDir`, as the engine names it.
+    pub root: String,
+    pub available_bytes: u64,
+}
+
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// For messages.
@@ -68,6 +76,9 @@ pub trait Engine: Send + Sync {
     /// Waits for the container to exit; its exit code.
     async fn wait(&self, name: &str) -> Result<i64, EngineError>;
     async fn logs_tail(&self, name: &str, lines: usize) -> Result<Vec<String>, EngineError>;
+    /// Free space under the engine's root directory, measured with one of `images` that is
+    /// already present; `None` when it cannot be measured (no such image yet).
+    async fn free_disk(&self, images: &[String]) -> Result<Option<DiskFree>, EngineError>;
     /// Removes every volume carrying Kiln's managed label; their names.
     async fn remove_managed_volumes(&self) -> Result<Vec<String>, EngineError>;
 }

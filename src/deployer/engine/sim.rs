@@ -2,7 +2,7 @@
 //! whatever the test says. For the executor's unit tests and the rack simulator, never as the
 //! evidence that deploying onto real Docker works (tests/services_*.rs use real dockerd).
 
-use super::{Engine, EngineError, EngineInfo};
+use super::{DiskFree, Engine, EngineError, EngineInfo};
 use crate::deployer::plan::{Health, Observed, RunState};
 use crate::deployer::spec::{ContainerSpec, Kind};
 use async_trait::async_trait;
@@ -23,6 +23,8 @@ struct SimState {
     /// Containers (by name) whose healthcheck fails, and bootstraps that exit non-zero.
     failing: BTreeSet<String>,
     next_id: u64,
+    /// Free bytes reported by `free_disk` (`None`: plenty, 100 GiB).
+    free_disk: Option<u64>,
     /// Every mutating call, in order: for assertions on what the executor did.
     calls: Vec<String>,
 }
@@ -51,6 +53,11 @@ impl SimEngine {
     /// Makes the named container unhealthy (service) or exit 1 (bootstrap).
     pub fn fail(&self, container: &str) {
         self.lock().failing.insert(container.to_string());
+    }
+
+    /// What `free_disk` reports from now on.
+    pub fn set_free_disk(&self, bytes: u64) {
+        self.lock().free_disk = Some(bytes);
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -224,6 +231,18 @@ impl Engine for SimEngine {
         } else {
             Vec::new()
         })
+    }
+
+    /// Like the real engine, measurable only once one of the images is present.
+    async fn free_disk(&self, images: &[String]) -> Result<Option<DiskFree>, EngineError> {
+        let state = self.lock();
+        if !images.iter().any(|i| state.images.contains_key(i)) {
+            return Ok(None);
+        }
+        Ok(Some(DiskFree {
+            root: "/var/lib/docker".into(),
+            available_bytes: state.free_disk.unwrap_or(100 << 30),
+        }))
     }
 
     async fn remove_managed_volumes(&self) -> Result<Vec<String>, EngineError> {
