@@ -2,7 +2,11 @@
 //! Kolla-contract images built on this machine (images/kolla), deployed by Kiln's built-in catalog
 //! onto one real Docker Engine (the test kit's dockerd, in its own namespace), and a real client
 //! at work: `openstack token issue`, `openstack image create` and `openstack image list`
-//! (python3-openstackclient in the keystone image). A second deploy changes nothing.
+//! (python3-openstackclient in the keystone image). A second deploy changes nothing. Then the
+//! compute slice — placement and nova (api, conductor, scheduler, compute with nova's fake
+//! driver: no libvirt) — is added to the running cloud without recreating what runs, and
+//! `openstack compute service list` shows nova's services up and the host mapped as a
+//! hypervisor.
 
 mod common;
 
@@ -92,7 +96,7 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
         .find_map(|l| l.strip_prefix("keystone_admin_password: "))
         .map(|v| v.trim_matches('"').to_string())
         .expect("admin password");
-    let openstack = |args: &[&str]| {
+    let try_openstack = |args: &[&str]| {
         let password = format!("OS_PASSWORD={admin}");
         let mut full = vec![
             "exec",
@@ -116,7 +120,10 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
             "openstack",
         ];
         full.extend_from_slice(args);
-        let out = lab.outer_docker(&full);
+        lab.outer_docker(&full)
+    };
+    let openstack = |args: &[&str]| {
+        let out = try_openstack(args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -153,4 +160,93 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
     let (code, out, err) = services("deploy");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(" 0 changed"), "{out}");
+
+    // The compute slice, added to the running cloud.
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/images/kolla/build.sh"
+        ))
+        .args([
+            "--only",
+            "placement-api,nova-api,nova-conductor,nova-scheduler,nova-compute",
+        ])
+        .env("DOCKER_HOST", format!("unix://{}", lab.socket().display()))
+        .status()
+        .expect("images/kolla/build.sh");
+    assert!(status.success(), "images/kolla/build.sh (compute) failed");
+    eprintln!(
+        "compute images ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let ids = |names: &[&str]| {
+        let mut args = vec!["inspect", "-f", "{{.Id}}"];
+        args.extend_from_slice(names);
+        let out = lab.outer_docker(&args);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let slice = ["mariadb", "memcached", "rabbitmq", "keystone", "glance_api"];
+    let before = ids(&slice);
+    std::fs::write(
+        path("globals.yaml"),
+        "docker_registry: \"\"\nenable_placement: yes\nenable_nova: yes\n\
+         nova_compute_driver: fake.SmallFakeDriver\n",
+    )
+    .unwrap();
+    let (code, out, err) = services("deploy");
+    assert_eq!(code, 0, "compute deploy failed: {out}{err}");
+    for container in [
+        "placement_api",
+        "nova_api",
+        "nova_conductor",
+        "nova_scheduler",
+        "nova_compute",
+    ] {
+        assert!(out.contains(container), "{container} missing:\n{out}");
+    }
+    assert_eq!(ids(&slice), before, "the running slice was not recreated");
+    // nova-compute registers itself; the scheduler maps it as a hypervisor within its discovery
+    // interval (10 s).
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let (services_up, hypervisors) = loop {
+        let list = try_openstack(&[
+            "compute", "service", "list", "-f", "value", "-c", "Binary", "-c", "Host", "-c",
+            "State",
+        ]);
+        let hypervisors = try_openstack(&[
+            "hypervisor",
+            "list",
+            "-f",
+            "value",
+            "-c",
+            "Hypervisor Hostname",
+        ]);
+        let list = String::from_utf8_lossy(&list.stdout).into_owned();
+        let hypervisors = String::from_utf8_lossy(&hypervisors.stdout).into_owned();
+        let all_up = ["nova-conductor", "nova-scheduler", "nova-compute"]
+            .iter()
+            .all(|b| list.lines().any(|l| l.trim() == format!("{b} aio up")));
+        if (all_up && !hypervisors.trim().is_empty()) || Instant::now() > deadline {
+            break (list, hypervisors);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
+    for binary in ["nova-conductor", "nova-scheduler", "nova-compute"] {
+        assert!(
+            services_up
+                .lines()
+                .any(|l| l.trim() == format!("{binary} aio up")),
+            "{binary} not up: {services_up}"
+        );
+    }
+    assert!(
+        !hypervisors.trim().is_empty(),
+        "no hypervisor mapped: {hypervisors}"
+    );
+    let endpoints = openstack(&["endpoint", "list", "-f", "value", "-c", "Service Type"]);
+    for kind in ["placement", "compute"] {
+        assert!(endpoints.lines().any(|l| l.trim() == kind), "{endpoints}");
+    }
 }

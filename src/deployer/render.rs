@@ -228,11 +228,14 @@ impl Renderer<'_> {
         for (key, value) in &t.environment {
             environment.insert(key.clone(), self.text(&at(key), value)?);
         }
-        let volumes = t
-            .volumes
-            .iter()
-            .map(|v| self.text(&at("volumes"), v))
-            .collect::<Result<Vec<_>, _>>()?;
+        // A volume that renders empty is left out (mounts only some configurations need).
+        let mut volumes = Vec::new();
+        for volume in &t.volumes {
+            let text = self.text(&at("volumes"), volume)?;
+            if !text.trim().is_empty() {
+                volumes.push(text);
+            }
+        }
         let ports = t
             .ports
             .iter()
