@@ -1,67 +1,99 @@
-//! The all-in-one OpenStack slice — mariadb, rabbitmq, memcached, keystone, glance — from the
-//! Kolla-contract images built on this machine (images/kolla), deployed by Kiln's built-in catalog
-//! onto one real Docker Engine (the test kit's dockerd, in its own namespace), and a real client
-//! at work: `openstack token issue`, `openstack image create` and `openstack image list`
-//! (python3-openstackclient in the keystone image). A second deploy changes nothing. Then the
-//! compute slice — placement and nova (api, conductor, scheduler, compute with nova's fake
-//! driver: no libvirt) — is added to the running cloud without recreating what runs, and
-//! `openstack compute service list` shows nova's services up and the host mapped as a
-//! hypervisor.
+//! Kiln's built-in OpenStack catalog on real Docker Engines (the test kit's dockerd, each test in
+//! a namespace of its own), from the Kolla-contract images built on this machine (images/kolla),
+//! with a real client (python3-openstackclient in the keystone image).
+//!
+//! - The all-in-one slice — mariadb, rabbitmq, memcached, keystone, glance: `openstack token
+//!   issue`, `image create` and `image list` work; a second deploy changes nothing. Then the
+//!   compute slice — placement and nova (api, conductor, scheduler, compute with nova's fake
+//!   driver: no libvirt) — is added to the running cloud without recreating what runs, and
+//!   `openstack compute service list` shows nova's services up and the host mapped as a
+//!   hypervisor.
+//! - haproxy and keepalived in front of keystone: keepalived takes the internal VIP on the
+//!   namespace's interface and a token is issued through haproxy on the VIP.
 
 mod common;
 
 use common::docker_lab::DockerLab;
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-#[test]
-fn openstack_slice_on_one_engine_answers_a_real_client() {
-    let lab = DockerLab::start(0);
-    // Build (or load from the cache) the slice's images into the lab's engine.
-    let started = Instant::now();
-    let status = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/images/kolla/build.sh"
-        ))
-        .env("DOCKER_HOST", format!("unix://{}", lab.socket().display()))
-        .status()
-        .expect("images/kolla/build.sh");
-    assert!(status.success(), "images/kolla/build.sh failed");
-    eprintln!(
-        "kolla images ready in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+/// One all-in-one host (`aio`, address 127.0.0.1 in the lab's namespace) on the lab's engine.
+struct Aio {
+    lab: DockerLab,
+    dir: tempfile::TempDir,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).display().to_string();
-    std::fs::write(
-        path("hosts.yaml"),
-        format!(
-            "hosts:\n  - {{name: aio, docker: 'unix://{}', address: 127.0.0.1, groups: [control, network, compute]}}\n",
-            lab.socket().display()
-        ),
-    )
-    .unwrap();
-    // Images as build.sh tags them (kolla/NAME:TAG): no registry in front.
-    std::fs::write(path("globals.yaml"), "docker_registry: \"\"\n").unwrap();
-    let kiln = |args: &[&str]| {
-        let mut full = vec![KILN, "--data-dir"];
-        let data = path("data");
-        full.push(&data);
-        full.extend_from_slice(args);
-        common::exit_and_text(&lab.exec_in_ns(&full))
-    };
-    let (code, out, err) = kiln(&["genpwd", "--passwords", &path("passwords.yaml")]);
-    assert_eq!(code, 0, "{out}{err}");
-    let services = |command: &str| {
+impl Aio {
+    fn start() -> Aio {
+        let aio = Aio {
+            lab: DockerLab::start(0),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::write(
+            aio.path("hosts.yaml"),
+            format!(
+                "hosts:\n  - {{name: aio, docker: 'unix://{}', address: 127.0.0.1, groups: [control, network, compute]}}\n",
+                aio.lab.socket().display()
+            ),
+        )
+        .unwrap();
+        aio.write_globals("");
+        let passwords = aio.path("passwords.yaml");
+        let (code, out, err) = aio.kiln(&["genpwd", "--passwords", &passwords]);
+        assert_eq!(code, 0, "{out}{err}");
+        aio
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Builds (or loads from the cache) images into the lab's engine: `build.sh ARGS`.
+    fn build_images(&self, args: &[&str]) {
         let started = Instant::now();
-        let hosts = path("hosts.yaml");
-        let globals = path("globals.yaml");
-        let passwords = path("passwords.yaml");
-        let result = kiln(&[
+        let status = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/images/kolla/build.sh"
+            ))
+            .args(args)
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", self.lab.socket().display()),
+            )
+            .status()
+            .expect("images/kolla/build.sh");
+        assert!(status.success(), "images/kolla/build.sh {args:?} failed");
+        eprintln!(
+            "kolla images {args:?} ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Images as build.sh tags them (kolla/NAME:TAG): no registry in front.
+    fn write_globals(&self, extra: &str) {
+        std::fs::write(
+            self.path("globals.yaml"),
+            format!("docker_registry: \"\"\n{extra}"),
+        )
+        .unwrap();
+    }
+
+    fn kiln(&self, args: &[&str]) -> (i32, String, String) {
+        let data = self.path("data");
+        let mut full = vec![KILN, "--data-dir", &data];
+        full.extend_from_slice(args);
+        common::exit_and_text(&self.lab.exec_in_ns(&full))
+    }
+
+    fn services(&self, command: &str) -> (i32, String, String) {
+        let started = Instant::now();
+        let hosts = self.path("hosts.yaml");
+        let globals = self.path("globals.yaml");
+        let passwords = self.path("passwords.yaml");
+        let result = self.kiln(&[
             "services",
             command,
             "-i",
@@ -79,29 +111,22 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
             result.2
         );
         result
-    };
-
-    let (code, out, err) = services("prechecks");
-    assert_eq!(code, 0, "prechecks: {out}{err}");
-    let (code, out, err) = services("deploy");
-    assert_eq!(code, 0, "deploy failed: {out}{err}");
-    for container in ["mariadb", "memcached", "rabbitmq", "keystone", "glance_api"] {
-        assert!(out.contains(container), "{container} missing:\n{out}");
     }
 
-    // The real client, from the keystone image.
-    let passwords = std::fs::read_to_string(path("passwords.yaml")).unwrap();
-    let admin = passwords
-        .lines()
-        .find_map(|l| l.strip_prefix("keystone_admin_password: "))
-        .map(|v| v.trim_matches('"').to_string())
-        .expect("admin password");
-    let try_openstack = |args: &[&str]| {
+    /// `openstack ARGS` as admin, run in the keystone container, against Keystone at `auth_url`.
+    fn try_openstack(&self, auth_url: &str, args: &[&str]) -> Output {
+        let passwords = std::fs::read_to_string(self.path("passwords.yaml")).unwrap();
+        let admin = passwords
+            .lines()
+            .find_map(|l| l.strip_prefix("keystone_admin_password: "))
+            .map(|v| v.trim_matches('"').to_string())
+            .expect("admin password");
         let password = format!("OS_PASSWORD={admin}");
+        let auth = format!("OS_AUTH_URL={auth_url}");
         let mut full = vec![
             "exec",
             "-e",
-            "OS_AUTH_URL=http://127.0.0.1:5000/v3",
+            &auth,
             "-e",
             "OS_IDENTITY_API_VERSION=3",
             "-e",
@@ -120,10 +145,12 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
             "openstack",
         ];
         full.extend_from_slice(args);
-        lab.outer_docker(&full)
-    };
-    let openstack = |args: &[&str]| {
-        let out = try_openstack(args);
+        self.lab.outer_docker(&full)
+    }
+
+    /// [`Self::try_openstack`] that must succeed; its stdout.
+    fn openstack_at(&self, auth_url: &str, args: &[&str]) -> String {
+        let out = self.try_openstack(auth_url, args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
@@ -131,7 +158,28 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
             String::from_utf8_lossy(&out.stderr)
         );
         text
-    };
+    }
+}
+
+const KEYSTONE: &str = "http://127.0.0.1:5000/v3";
+
+#[test]
+fn openstack_slice_on_one_engine_answers_a_real_client() {
+    let aio = Aio::start();
+    aio.build_images(&[]);
+    let lab = &aio.lab;
+    let services = |command: &str| aio.services(command);
+    let openstack = |args: &[&str]| aio.openstack_at(KEYSTONE, args);
+    let try_openstack = |args: &[&str]| aio.try_openstack(KEYSTONE, args);
+
+    let (code, out, err) = services("prechecks");
+    assert_eq!(code, 0, "prechecks: {out}{err}");
+    let (code, out, err) = services("deploy");
+    assert_eq!(code, 0, "deploy failed: {out}{err}");
+    for container in ["mariadb", "memcached", "rabbitmq", "keystone", "glance_api"] {
+        assert!(out.contains(container), "{container} missing:\n{out}");
+    }
+
     let token = openstack(&["token", "issue", "-f", "value", "-c", "id"]);
     assert!(token.trim().len() > 20, "token: {token}");
     let out = lab.outer_docker(&[
@@ -162,24 +210,10 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
     assert!(out.contains(" 0 changed"), "{out}");
 
     // The compute slice, added to the running cloud.
-    let started = Instant::now();
-    let status = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/images/kolla/build.sh"
-        ))
-        .args([
-            "--only",
-            "placement-api,nova-api,nova-conductor,nova-scheduler,nova-compute",
-        ])
-        .env("DOCKER_HOST", format!("unix://{}", lab.socket().display()))
-        .status()
-        .expect("images/kolla/build.sh");
-    assert!(status.success(), "images/kolla/build.sh (compute) failed");
-    eprintln!(
-        "compute images ready in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    aio.build_images(&[
+        "--only",
+        "placement-api,nova-api,nova-conductor,nova-scheduler,nova-compute",
+    ]);
     let ids = |names: &[&str]| {
         let mut args = vec!["inspect", "-f", "{{.Id}}"];
         args.extend_from_slice(names);
@@ -189,12 +223,9 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
     };
     let slice = ["mariadb", "memcached", "rabbitmq", "keystone", "glance_api"];
     let before = ids(&slice);
-    std::fs::write(
-        path("globals.yaml"),
-        "docker_registry: \"\"\nenable_placement: yes\nenable_nova: yes\n\
-         nova_compute_driver: fake.SmallFakeDriver\n",
-    )
-    .unwrap();
+    aio.write_globals(
+        "enable_placement: yes\nenable_nova: yes\nnova_compute_driver: fake.SmallFakeDriver\n",
+    );
     let (code, out, err) = services("deploy");
     assert_eq!(code, 0, "compute deploy failed: {out}{err}");
     for container in [
@@ -209,7 +240,7 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
     assert_eq!(ids(&slice), before, "the running slice was not recreated");
     // nova-compute registers itself; the scheduler maps it as a hypervisor within its discovery
     // interval (10 s).
-    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let (services_up, hypervisors) = loop {
         let list = try_openstack(&[
             "compute", "service", "list", "-f", "value", "-c", "Binary", "-c", "Host", "-c",
@@ -231,7 +262,7 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
         if (all_up && !hypervisors.trim().is_empty()) || Instant::now() > deadline {
             break (list, hypervisors);
         }
-        std::thread::sleep(std::time::Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(2));
     };
     for binary in ["nova-conductor", "nova-scheduler", "nova-compute"] {
         assert!(
@@ -249,4 +280,83 @@ fn openstack_slice_on_one_engine_answers_a_real_client() {
     for kind in ["placement", "compute"] {
         assert!(endpoints.lines().any(|l| l.trim() == kind), "{endpoints}");
     }
+}
+
+/// The VIP's interface in the lab's namespace (a bridge: keepalived's VRRP needs multicast).
+const VIP_INTERFACE: &str = "kilnvip";
+const VIP: &str = "10.123.0.100";
+
+#[test]
+fn haproxy_and_keepalived_put_keystone_on_the_vip() {
+    let aio = Aio::start();
+    aio.build_images(&[
+        "--only",
+        "base,mariadb-server,memcached,keystone,haproxy,keepalived",
+    ]);
+    // What Kolla's bootstrap-servers does on a network host: an interface on the VIP's subnet
+    // and non-local binds, so haproxy binds the VIP before keepalived holds it.
+    for args in [
+        vec!["ip", "link", "add", VIP_INTERFACE, "type", "bridge"],
+        vec!["ip", "addr", "add", "10.123.0.1/24", "dev", VIP_INTERFACE],
+        vec!["ip", "link", "set", VIP_INTERFACE, "up"],
+        vec!["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"],
+    ] {
+        aio.lab.exec_in_ns_ok(&args);
+    }
+    aio.write_globals(&format!(
+        "enable_rabbitmq: no\nenable_glance: no\nenable_haproxy: yes\n\
+         kolla_internal_vip_address: {VIP}\nnetwork_interface: {VIP_INTERFACE}\n"
+    ));
+    let (code, out, err) = aio.services("deploy");
+    assert_eq!(code, 0, "deploy with haproxy and keepalived: {out}{err}");
+    for container in ["haproxy", "keepalived", "keystone"] {
+        assert!(out.contains(container), "{container} missing:\n{out}");
+    }
+    // keepalived, alone in its VRRP group, becomes master and puts the VIP on the interface.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let vip_held = loop {
+        let addresses =
+            aio.lab
+                .exec_in_ns_ok(&["ip", "-o", "-4", "addr", "show", "dev", VIP_INTERFACE]);
+        if addresses.contains(&format!("{VIP}/32")) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let logs = aio
+        .lab
+        .outer_docker(&["logs", "--tail", "20", "keepalived"]);
+    assert!(
+        vip_held,
+        "keepalived did not take {VIP}: {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    // A token through haproxy on the VIP, and Keystone's catalog names the VIP.
+    let vip_keystone = format!("http://{VIP}:5000/v3");
+    // haproxy's check marks Keystone up about a second after Kiln saw it healthy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !aio
+        .try_openstack(&vip_keystone, &["token", "issue"])
+        .status
+        .success()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let token = aio.openstack_at(
+        &vip_keystone,
+        &["token", "issue", "-f", "value", "-c", "id"],
+    );
+    assert!(token.trim().len() > 20, "token: {token}");
+    let endpoints = aio.openstack_at(
+        &vip_keystone,
+        &["endpoint", "list", "-f", "value", "-c", "URL"],
+    );
+    assert!(
+        endpoints.contains(&format!("http://{VIP}:5000")),
+        "{endpoints}"
+    );
 }

@@ -5,7 +5,7 @@
 #
 # Images (kolla/NAME:$KOLLA_TAG, default tag zed-debian-bookworm):
 #   default: base mariadb-server rabbitmq memcached keystone glance-api
-#   --all:   also placement-api nova-api nova-conductor nova-scheduler nova-compute
+#   --all:   also placement-api nova-api nova-conductor nova-scheduler nova-compute haproxy keepalived
 # --only builds/loads just the named images (their parents' root filesystems are still made).
 # --push REGISTRY tags each image REGISTRY/kolla/NAME:TAG and pushes it.
 #
@@ -37,7 +37,7 @@ cache_root="${KILN_IMAGES_CACHE:-/var/cache/kiln-images}"
 cache="$cache_root/kolla"
 force="${KILN_FORCE:-0}"
 default_images=(base mariadb-server rabbitmq memcached keystone glance-api)
-all_images=("${default_images[@]}" placement-api nova-api nova-conductor nova-scheduler nova-compute)
+all_images=("${default_images[@]}" placement-api nova-api nova-conductor nova-scheduler nova-compute haproxy keepalived)
 
 log() { echo "kolla-build: $*" >&2; }
 die() {
