@@ -37,11 +37,13 @@ impl Rig {
     fn start_sshd(&mut self, host_key: &Path) {
         self.sshd = None;
         let config = self.path("sshd_config");
+        // UsePAM: without PAM, sshd refuses key logins to an account whose password is locked
+        // ("!" in /etc/shadow), which root's is on many machines.
         std::fs::write(
             &config,
             format!(
                 "Port {SSH_PORT}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
-                 StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n\
+                 StrictModes no\nUsePAM yes\nPermitRootLogin prohibit-password\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nPidFile {}\n\
                  SetEnv DOCKER_HOST={}\nLogLevel VERBOSE\n",
                 host_key.display(),
