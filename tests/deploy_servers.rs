@@ -5,6 +5,9 @@
 //! per-node phase table; the test asserts on it. Services: the small busybox catalog
 //! (tests/catalog/dind), whose image is streamed to the nodes from a `docker save` archive.
 
+mod common;
+
+use common::rack_lab::RackLab;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,46 +16,23 @@ const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 const CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/catalog/dind");
 
 fn run(command: &mut Command) -> (i32, String, String) {
-    let out = command.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::exit_and_text(&command.output().unwrap())
 }
 
-/// `kiln lab down` on drop, so a failing test leaves nothing running.
+/// The virtual rack, and the image archives streamed to its nodes.
 struct Rack {
-    name: String,
-    dir: PathBuf,
+    lab: RackLab,
     archives: PathBuf,
-    _parent: tempfile::TempDir,
 }
 
-impl Drop for Rack {
-    fn drop(&mut self) {
-        let _ = Command::new(KILN)
-            .args(["lab", "down", "--name", &self.name, "--dir"])
-            .arg(&self.dir)
-            .output();
+impl std::ops::Deref for Rack {
+    type Target = RackLab;
+    fn deref(&self) -> &RackLab {
+        &self.lab
     }
 }
 
 impl Rack {
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    /// kiln inside the lab's namespace, with the lab's data directory.
-    fn kiln(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.name, KILN, "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args(args);
-        command
-    }
-
     /// deploy-servers / reset arguments shared with what `lab demo` runs.
     fn pipeline_args(&self) -> Vec<String> {
         [
@@ -136,17 +116,9 @@ fn assert_rack_healthy(stdout: &str) {
 
 #[test]
 fn interrupted_deploy_servers_then_lab_demo_then_reset() {
-    let parent = tempfile::Builder::new()
-        .prefix("kiln-ds-")
-        .tempdir()
-        .unwrap();
-    let archives = busybox_archive(parent.path());
-    let rack = Rack {
-        name: format!("kds{}", std::process::id()),
-        dir: parent.path().join("lab"),
-        archives,
-        _parent: parent,
-    };
+    let lab = RackLab::new("kiln-ds-", "kds");
+    let archives = busybox_archive(lab.parent.path());
+    let rack = Rack { lab, archives };
     let (code, out, err) = run(Command::new(KILN)
         .args([
             "lab", "up", "--nodes", "2", "--uefi", "1", "--name", &rack.name, "--dir",

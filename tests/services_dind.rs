@@ -7,6 +7,7 @@
 mod common;
 
 use common::docker_lab::{DockerLab, LabOptions, TlsFiles};
+use common::services_cli::ServicesCli;
 use kiln::ca::CertificateAuthority;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,64 +25,26 @@ impl Rig {
         self.dir.path().join(name)
     }
 
-    /// `kiln services COMMAND` (or any kiln command) inside the lab's namespace.
+    fn cli(&self) -> ServicesCli<'_> {
+        ServicesCli {
+            lab: &self.lab,
+            dir: self.dir.path(),
+            catalog: Some(CATALOG),
+        }
+    }
+
+    /// Any kiln command inside the lab's namespace.
     fn kiln(&self, args: &[&str]) -> (i32, String, String) {
-        let data = self.path("data");
-        let mut full = vec![
-            env!("CARGO_BIN_EXE_kiln"),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
-        full.extend_from_slice(args);
-        common::exit_and_text(&self.lab.exec_in_ns(&full))
+        self.cli().kiln(args)
     }
 
     fn services(&self, command: &str, extra: &[&str]) -> (i32, String, String) {
-        let hosts = self.path("hosts.yaml");
-        let globals = self.path("globals.yaml");
-        let passwords = self.path("passwords.yaml");
-        let mut args = vec![
-            "services",
-            command,
-            "-i",
-            hosts.to_str().unwrap(),
-            "--globals",
-            globals.to_str().unwrap(),
-            "--passwords",
-            passwords.to_str().unwrap(),
-            "--catalog",
-            CATALOG,
-        ];
-        args.extend_from_slice(extra);
-        let started = Instant::now();
-        let result = self.kiln(&args);
-        eprintln!(
-            "kiln services {command} {extra:?}: exit {} in {:.2} s\n{}{}",
-            result.0,
-            started.elapsed().as_secs_f64(),
-            result.1,
-            result.2
-        );
-        result
+        self.cli().services(command, extra)
     }
 
     /// Container name → ID of Kiln's containers on a node (running or not).
     fn containers(&self, node: &str) -> BTreeMap<String, String> {
-        let out = self.lab.docker_ok(
-            self.lab.node(node),
-            &[
-                "ps",
-                "-a",
-                "--filter",
-                "label=org.kiln.managed=true",
-                "--format",
-                "{{.Names}} {{.ID}}",
-            ],
-        );
-        out.lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, id)| (n.to_string(), id.to_string()))
-            .collect()
+        self.lab.managed_containers(self.lab.node(node))
     }
 
     fn volumes(&self, node: &str) -> Vec<String> {

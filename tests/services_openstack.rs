@@ -14,10 +14,9 @@
 mod common;
 
 use common::docker_lab::DockerLab;
+use common::services_cli::ServicesCli;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// One all-in-one host (`aio`, address 127.0.0.1 in the lab's namespace) on the lab's engine.
 struct Aio {
@@ -81,36 +80,20 @@ impl Aio {
         .unwrap();
     }
 
+    fn cli(&self) -> ServicesCli<'_> {
+        ServicesCli {
+            lab: &self.lab,
+            dir: self.dir.path(),
+            catalog: None,
+        }
+    }
+
     fn kiln(&self, args: &[&str]) -> (i32, String, String) {
-        let data = self.path("data");
-        let mut full = vec![KILN, "--data-dir", &data];
-        full.extend_from_slice(args);
-        common::exit_and_text(&self.lab.exec_in_ns(&full))
+        self.cli().kiln(args)
     }
 
     fn services(&self, command: &str) -> (i32, String, String) {
-        let started = Instant::now();
-        let hosts = self.path("hosts.yaml");
-        let globals = self.path("globals.yaml");
-        let passwords = self.path("passwords.yaml");
-        let result = self.kiln(&[
-            "services",
-            command,
-            "-i",
-            &hosts,
-            "--globals",
-            &globals,
-            "--passwords",
-            &passwords,
-        ]);
-        eprintln!(
-            "kiln services {command}: exit {} in {:.1} s\n{}{}",
-            result.0,
-            started.elapsed().as_secs_f64(),
-            result.1,
-            result.2
-        );
-        result
+        self.cli().services(command, &[])
     }
 
     /// `openstack ARGS` as admin, run in the keystone container, against Keystone at `auth_url`.

@@ -6,44 +6,26 @@
 //! run, per-node phase percentiles, the daemon's peak RSS and CPU seconds) and asserts on it.
 //! `KILN_SIM_NODES` changes the size (the 1000-node run in docs/BENCHMARKS.md).
 
-use std::path::PathBuf;
+mod common;
+
+use common::rack_lab::RackLab;
 use std::process::Command;
 use std::time::Instant;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-struct SimLab {
-    name: String,
-    dir: PathBuf,
-    _parent: tempfile::TempDir,
-}
+struct SimLab(RackLab);
 
-impl Drop for SimLab {
-    fn drop(&mut self) {
-        let _ = Command::new(KILN)
-            .args(["lab", "down", "--name", &self.name, "--dir"])
-            .arg(&self.dir)
-            .output();
+impl std::ops::Deref for SimLab {
+    type Target = RackLab;
+    fn deref(&self) -> &RackLab {
+        &self.0
     }
 }
 
 impl SimLab {
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
     fn kiln(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, KILN, "--data-dir"])
-            .arg(self.dir.join("data"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::exit_and_text(&self.0.kiln(args).output().unwrap())
     }
 
     fn daemon_pid(&self) -> u32 {
@@ -161,15 +143,7 @@ fn a_simulated_rack_is_deployed_then_reset() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(134);
-    let parent = tempfile::Builder::new()
-        .prefix("kiln-sim-")
-        .tempdir()
-        .unwrap();
-    let lab = SimLab {
-        name: format!("ksim{}", std::process::id()),
-        dir: parent.path().join("lab"),
-        _parent: parent,
-    };
+    let lab = SimLab(RackLab::new("kiln-sim-", "ksim"));
     let started = Instant::now();
     let out = Command::new(KILN)
         .args([
@@ -228,28 +202,23 @@ fn a_simulated_rack_is_deployed_then_reset() {
     let control_names = [name(1), name(2), name(3)];
     let control: Vec<&str> = control_names.iter().map(String::as_str).collect();
 
-    let deploy = args(&["deploy-servers"]);
-    let deploy: Vec<&str> = deploy.iter().map(String::as_str).collect();
-    let (code, out, err) = lab.kiln(&deploy);
-    assert_eq!(
-        code,
-        0,
-        "deploy-servers failed:\n{}\n{err}",
-        out.lines().rev().take(30).collect::<Vec<_>>().join("\n")
-    );
-    let first = check_run("deploy-servers", &out, nodes, &control);
+    // One pipeline verb; its report checked, its wall time returned.
+    let pipeline = |verb: &[&str]| {
+        let what = verb.join(" ");
+        let full = args(verb);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let (code, out, err) = lab.kiln(&full);
+        assert_eq!(
+            code,
+            0,
+            "{what} failed:\n{}\n{err}",
+            out.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+        check_run(&what, &out, nodes, &control)
+    };
+    let first = pipeline(&["deploy-servers"]);
     let (rss_after_deploy, cpu_after_deploy) = usage(lab.daemon_pid());
-
-    let reset = args(&["reset", "--all"]);
-    let reset: Vec<&str> = reset.iter().map(String::as_str).collect();
-    let (code, out, err) = lab.kiln(&reset);
-    assert_eq!(
-        code,
-        0,
-        "reset --all failed:\n{}\n{err}",
-        out.lines().rev().take(30).collect::<Vec<_>>().join("\n")
-    );
-    let second = check_run("reset --all", &out, nodes, &control);
+    let second = pipeline(&["reset", "--all"]);
     let (rss, cpu) = usage(lab.daemon_pid());
     for node in [name(1), name(2), name(nodes)] {
         let node = node.as_str();

@@ -221,6 +221,29 @@ impl DockerLab {
         stdout
     }
 
+    /// Container name → ID of Kiln's containers (running or not) on a node, asked with the
+    /// docker CLI.
+    pub fn managed_containers(
+        &self,
+        node: &DockerNode,
+    ) -> std::collections::BTreeMap<String, String> {
+        let out = self.docker_ok(
+            node,
+            &[
+                "ps",
+                "-a",
+                "--filter",
+                "label=org.kiln.managed=true",
+                "--format",
+                "{{.Names}} {{.ID}}",
+            ],
+        );
+        out.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, id)| (n.to_string(), id.to_string()))
+            .collect()
+    }
+
     /// The outer daemon's client: `docker -H unix://SOCKET ARGS…`.
     pub fn outer_docker(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(DOCKER);

@@ -6,6 +6,8 @@
 pub mod docker_lab;
 pub mod netns;
 mod process;
+pub mod rack_lab;
+pub mod services_cli;
 
 pub use process::{ChildGuard, exit_and_text};
 
