@@ -153,6 +153,15 @@ def expect(status, body, ok, what):
     return body
 
 
+def request_manage(api, nodes, concurrency):
+    """PUT /v1/nodes/NAME/states/provision {"target": "manage"} per node, expecting 202: the
+    same request on Ironic's API and Kiln's."""
+    def one(node):
+        expect(*api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                         {"target": "manage"}), (202,), f"manage {node['name']}")
+    run_all(one, nodes, concurrency)
+
+
 def wait_all(list_nodes, count, done, failed, what, started):
     """Polls `list_nodes()` (one call in flight) until done(node) holds for all `count` nodes;
     fails at once when failed(node) names a reason. Returns the number of list calls."""
@@ -217,10 +226,7 @@ class Ironic:
         """PUT .../states/provision {"target": "manage"} per node (202; the conductor verifies
         the BMC: validates driver_info, logs in, reads the power state), then the list until
         every node is manageable with nothing pending."""
-        def one(node):
-            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
-                                  {"target": "manage"}), (202,), f"manage {node['name']}")
-        run_all(one, nodes, args.concurrency)
+        request_manage(self.api, nodes, args.concurrency)
         accepted = time.monotonic() - started
         polls = wait_all(self.list, len(nodes),
                          lambda n: n["provision_state"] == "manageable"
@@ -292,10 +298,7 @@ class Kiln:
         """PUT .../states/provision {"target": "manage"} per node (202; the conductor verifies
         the BMC: reads the power state with the node's credentials), then the list until every
         node is manageable."""
-        def one(node):
-            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
-                                  {"target": "manage"}), (202,), f"manage {node['name']}")
-        run_all(one, nodes, args.concurrency)
+        request_manage(self.api, nodes, args.concurrency)
         accepted = time.monotonic() - started
         polls = wait_all(self.list, len(nodes),
                          lambda n: n["provision_state"] == "manageable",
