@@ -328,6 +328,16 @@ async fn converge(
         senders.insert(service.name.clone(), tx);
         receivers.insert(service.name.clone(), rx);
     }
+    // Deploy: every host fetches its images from the moment it opens, one at a time in
+    // dependency order, instead of when each service's turn comes. A host whose next service
+    // waits on another host's bootstrap would otherwise sit idle; a TCG VM needs minutes to
+    // load a Kolla image. A failed prefetch is retried by the service itself, which reports it.
+    let mut prefetches = tokio::task::JoinSet::new();
+    if context.operation == Operation::Deploy {
+        for (host, specs) in prefetch_plan(&services) {
+            prefetches.spawn(prefetch_host(context.clone(), host, specs));
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for service in services {
         let needs: Vec<(String, watch::Receiver<Status>)> = service
@@ -396,9 +406,49 @@ async fn converge(
             }),
         }
     }
+    // Images nothing is left to use (a service was skipped) are not waited for.
+    prefetches.abort_all();
     outcome
         .rows
         .sort_by(|a, b| (&a.host, &a.service).cmp(&(&b.host, &b.service)));
+}
+
+/// Per host, the first container of each image it will run, in dependency order (a service's
+/// bootstrap containers before its own): what the host prefetches.
+pub(super) fn prefetch_plan(services: &[RenderedService]) -> BTreeMap<String, Vec<ContainerSpec>> {
+    let mut plan: BTreeMap<String, Vec<ContainerSpec>> = BTreeMap::new();
+    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+    for service in services {
+        let hosts = service.bootstrap.iter().chain(service.hosts.iter());
+        for (host, containers) in hosts {
+            for spec in containers {
+                if seen.insert((host.clone(), spec.image.clone())) {
+                    plan.entry(host.clone()).or_default().push(spec.clone());
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Fetches one host's images (see [`prefetch_plan`]) once its gate opens.
+async fn prefetch_host(context: Arc<Context>, host: String, specs: Vec<ContainerSpec>) {
+    if context.open_host(&host).await.is_err() {
+        return; // its services report the host
+    }
+    let Some(engine) = context.engines.get(&host).cloned() else {
+        return;
+    };
+    for spec in &specs {
+        if let Err(err) = ensure_image(&context, engine.as_ref(), &host, spec).await {
+            context.event(
+                &host,
+                &spec.service,
+                &spec.name,
+                format!("fetching {} ahead of its turn failed: {err}", spec.image),
+            );
+        }
+    }
 }
 
 #[derive(Default)]

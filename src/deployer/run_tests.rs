@@ -383,3 +383,70 @@ async fn images_missing_on_a_host_are_loaded_from_archives_when_present() {
         "{calls:?}"
     );
 }
+
+#[tokio::test]
+async fn each_host_prefetches_its_images_before_their_services_turn() {
+    // db fails on n2, so api never starts anywhere; every host still fetched api's image the
+    // moment it opened, while db was being brought up (on TCG VMs a load takes minutes).
+    let rig = rig();
+    rig.sims["n2"].fail("db");
+    let outcome = rig.run(&globals(), Operation::Deploy).await;
+    assert!(
+        outcome.skipped.iter().any(|(s, _)| s == "api"),
+        "{outcome:?}"
+    );
+    for host in ["n1", "n2", "n3"] {
+        let calls = rig.sims[host].calls();
+        let pulls: Vec<&str> = calls
+            .iter()
+            .filter_map(|c| c.strip_prefix("pull "))
+            .collect();
+        assert!(
+            pulls.contains(&"localhost:5000/test/api:1"),
+            "{host}: {calls:?}"
+        );
+        assert_eq!(
+            pulls
+                .iter()
+                .filter(|i| **i == "localhost:5000/test/db:1")
+                .count(),
+            1,
+            "{host}: one fetch per image, shared by prefetch and service: {calls:?}"
+        );
+    }
+    // A second deploy on the healed rack fetches nothing.
+    let rig = super::run_tests::rig();
+    assert!(rig.run(&globals(), Operation::Deploy).await.ok());
+    let before = rig.mutations();
+    assert!(rig.run(&globals(), Operation::Deploy).await.ok());
+    assert_eq!(rig.since(&before), Vec::<String>::new());
+}
+
+#[test]
+fn the_prefetch_plan_is_each_hosts_images_once_in_dependency_order() {
+    let rig = rig();
+    let rendered = render(&rig.catalog, &rig.hosts, &globals(), &rig.passwords).unwrap();
+    let plan = super::run::prefetch_plan(&rendered);
+    let images = |host: &str| -> Vec<String> {
+        plan[host]
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.image))
+            .collect()
+    };
+    // db's bootstrap runs on the service's first host (n1) from db's image: fetched once.
+    assert_eq!(
+        images("n1"),
+        [
+            "db_bootstrap localhost:5000/test/db:1",
+            "api localhost:5000/test/api:1"
+        ]
+    );
+    assert_eq!(
+        images("n3"),
+        [
+            "db localhost:5000/test/db:1",
+            "api localhost:5000/test/api:1",
+            "agent localhost:5000/test/agent:1"
+        ]
+    );
+}

@@ -54,8 +54,13 @@ pub fn demo(options: &DemoOptions, progress: &mut dyn FnMut(&str)) -> Result<Dem
     let dir = std::path::absolute(&up.dir).map_err(super::io("resolve", &up.dir))?;
     let globals = dir.join("globals.yaml");
     // Images come from the archives, tagged with this (nominal) registry name on each node.
-    std::fs::write(&globals, "docker_registry: \"kiln.local:5000\"\n")
-        .map_err(super::io("write", &globals))?;
+    // One Keystone worker: a lab VM has one TCG vCPU, and uwsgi's lazy-apps makes every worker
+    // import Keystone itself (with two, keystone took ~300 s to answer on a lab VM).
+    std::fs::write(
+        &globals,
+        "docker_registry: \"kiln.local:5000\"\nkeystone_api_workers: 1\n",
+    )
+    .map_err(super::io("write", &globals))?;
     let passwords = dir.join("passwords.yaml");
     let mut args: Vec<String> = vec![
         "netns".into(),
