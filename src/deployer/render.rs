@@ -425,6 +425,43 @@ mod tests {
     }
 
     #[test]
+    fn every_keystone_and_its_bootstrap_get_the_same_fernet_and_credential_keys() {
+        let (catalog, hosts, globals, passwords) = setup();
+        let rendered = render(&catalog, &hosts, &globals, &passwords).unwrap();
+        let keystone = rendered.iter().find(|s| s.name == "keystone").unwrap();
+        let (_, bootstrap) = keystone.bootstrap.as_ref().unwrap();
+        let containers: Vec<&ContainerSpec> = keystone
+            .hosts
+            .iter()
+            .map(|(_, c)| &c[0])
+            .chain(bootstrap.iter().filter(|c| c.name == "bootstrap_keystone"))
+            .collect();
+        assert_eq!(containers.len(), 3, "two keystones and the bootstrap");
+        for (key, dest) in [
+            ("keystone_fernet_key_0", "/etc/keystone/fernet-keys/0"),
+            ("keystone_fernet_key_1", "/etc/keystone/fernet-keys/1"),
+            ("keystone_credential_fernet_key_0", "/etc/keystone/credential-keys/0"),
+            ("keystone_credential_fernet_key_1", "/etc/keystone/credential-keys/1"),
+        ] {
+            let value = passwords.get(key).unwrap();
+            assert_eq!(value.len(), 44, "{key} is a Fernet key");
+            for c in &containers {
+                assert!(
+                    c.files.iter().any(|f| f.content == value),
+                    "{}: {key} missing",
+                    c.name
+                );
+                let config = c
+                    .files
+                    .iter()
+                    .find(|f| f.path.ends_with("config.json"))
+                    .unwrap();
+                assert!(config.content.contains(dest), "{}: {dest}", c.name);
+            }
+        }
+    }
+
+    #[test]
     fn an_empty_registry_gives_local_image_names() {
         let (catalog, hosts, globals, passwords) = setup();
         let local = globals.with("docker_registry", "");
