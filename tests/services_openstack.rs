@@ -10,6 +10,8 @@
 //!   hypervisor.
 //! - haproxy and keepalived in front of keystone: keepalived takes the internal VIP on the
 //!   namespace's interface and a token is issued through haproxy on the VIP.
+//! - Two control hosts (docker-in-docker nodes, images from `docker save` archives): a token
+//!   issued by one keystone is valid on the other (the same Fernet keys on both).
 
 mod common;
 
@@ -342,4 +344,120 @@ fn haproxy_and_keepalived_put_keystone_on_the_vip() {
         endpoints.contains(&format!("http://{VIP}:5000")),
         "{endpoints}"
     );
+}
+
+/// Two control hosts (two docker-in-docker nodes): mariadb on the first, memcached and keystone
+/// on both, images streamed from `docker save` archives. A token issued by the first keystone
+/// is valid on the second: both hold the same Fernet keys, and the same credential keys.
+#[test]
+fn a_token_from_one_keystone_is_valid_on_the_other() {
+    let aio = Aio {
+        lab: DockerLab::start(2),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    aio.build_images(&["--only", "base,mariadb-server,memcached,keystone"]);
+    let archives = aio.path("archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    for name in ["mariadb-server", "memcached", "keystone"] {
+        let out = aio.lab.outer_docker(&[
+            "save",
+            "-o",
+            &format!("{archives}/{name}.tar"),
+            &format!("kolla/{name}:zed-debian-bookworm"),
+        ]);
+        assert!(out.status.success(), "docker save {name}: {out:?}");
+    }
+    let nodes = aio.lab.nodes();
+    let hosts: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "  - {{name: {}, docker: '{}', address: {}, groups: [control]}}\n",
+                n.name, n.url, n.ip
+            )
+        })
+        .collect();
+    std::fs::write(aio.path("hosts.yaml"), format!("hosts:\n{hosts}")).unwrap();
+    aio.write_globals("enable_rabbitmq: no\nenable_glance: no\n");
+    let passwords = aio.path("passwords.yaml");
+    let (code, out, err) = aio.kiln(&["genpwd", "--passwords", &passwords]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = aio
+        .cli()
+        .services("deploy", &["--image-archives", &archives]);
+    assert_eq!(code, 0, "deploy on two control hosts: {out}{err}");
+
+    let (first, second) = (&nodes[0], &nodes[1]);
+    let secrets = std::fs::read_to_string(&passwords).unwrap();
+    for (file, key) in [
+        ("/etc/keystone/fernet-keys/0", "keystone_fernet_key_0"),
+        (
+            "/etc/keystone/credential-keys/1",
+            "keystone_credential_fernet_key_1",
+        ),
+    ] {
+        let want = secrets
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .map(|v| v.trim_matches('"').to_string())
+            .expect(key);
+        for node in [first, second] {
+            let have = aio.lab.docker_ok(node, &["exec", "keystone", "cat", file]);
+            assert_eq!(have.trim(), want, "{}: {file}", node.name);
+        }
+    }
+    let admin = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("keystone_admin_password: "))
+        .map(|v| v.trim_matches('"').to_string())
+        .expect("admin password");
+    let auth = format!("OS_AUTH_URL=http://{}:5000/v3", first.ip);
+    let password = format!("OS_PASSWORD={admin}");
+    let token = aio.lab.docker_ok(
+        first,
+        &[
+            "exec",
+            "-e",
+            &auth,
+            "-e",
+            "OS_IDENTITY_API_VERSION=3",
+            "-e",
+            "OS_USERNAME=admin",
+            "-e",
+            &password,
+            "-e",
+            "OS_PROJECT_NAME=admin",
+            "-e",
+            "OS_USER_DOMAIN_NAME=Default",
+            "-e",
+            "OS_PROJECT_DOMAIN_NAME=Default",
+            "keystone",
+            "openstack",
+            "token",
+            "issue",
+            "-f",
+            "value",
+            "-c",
+            "id",
+        ],
+    );
+    let token = token.trim();
+    assert!(token.len() > 20, "token: {token}");
+    let validate = |node: &common::docker_lab::DockerNode| {
+        aio.lab.exec_in_ns_ok(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("X-Auth-Token: {token}"),
+            "-H",
+            &format!("X-Subject-Token: {token}"),
+            &format!("http://{}:5000/v3/auth/tokens", node.ip),
+        ])
+    };
+    assert_eq!(validate(first), "200", "the issuing keystone");
+    assert_eq!(validate(second), "200", "the other keystone");
 }
