@@ -284,9 +284,11 @@ mod tests {
         let key = secret_for("keystone_fernet_key_0");
         assert_eq!(key.len(), 44, "{key}");
         assert!(key.ends_with('='));
-        assert!(key[..43]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            key[..43]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_ne!(key, secret_for("keystone_fernet_key_0"));
         assert_eq!(secret_for("keystone_admin_password").len(), 32);
     }

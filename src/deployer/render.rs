@@ -440,8 +440,14 @@ mod tests {
         for (key, dest) in [
             ("keystone_fernet_key_0", "/etc/keystone/fernet-keys/0"),
             ("keystone_fernet_key_1", "/etc/keystone/fernet-keys/1"),
-            ("keystone_credential_fernet_key_0", "/etc/keystone/credential-keys/0"),
-            ("keystone_credential_fernet_key_1", "/etc/keystone/credential-keys/1"),
+            (
+                "keystone_credential_fernet_key_0",
+                "/etc/keystone/credential-keys/0",
+            ),
+            (
+                "keystone_credential_fernet_key_1",
+                "/etc/keystone/credential-keys/1",
+            ),
         ] {
             let value = passwords.get(key).unwrap();
             assert_eq!(value.len(), 44, "{key} is a Fernet key");
