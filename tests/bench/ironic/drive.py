@@ -7,6 +7,11 @@ Subcommands:
   run    kiln|ironic ...       drives one control plane through its REST API, phase after phase,
                                and writes one JSON line per phase (and the daemon's CPU/RSS)
   table  KILN.json IRONIC.json prints the side-by-side table (markdown)
+  deploy kiln|ironic ...       tests/bench/ironic-deploy.sh: enroll, manage, provide, (Ironic: set
+                               instance_info), deploy every node until all are active; one JSON
+                               line per phase, with the daemon's and the rack side's CPU/RSS
+  deploy-table KILN.json IRONIC.json   that run's table (markdown)
+  ironic-log IRONIC.log        per-node breakdown of Ironic's deploy, from its log (markdown)
 
 Both control planes are driven by the same code: stdlib only, one keep-alive HTTP/1.1 connection
 per worker thread, CONCURRENCY per-node requests in flight. Each phase is timed with a monotonic
@@ -23,6 +28,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -488,6 +494,326 @@ def table(args):
     ]
     print("\n".join(lines))
 
+# --- deploy (tests/bench/ironic-deploy.sh) ------------------------------------------------------
+
+DEPLOY_TIMEOUT = 7200
+
+
+class IronicDeploy(Ironic):
+    """Ironic with the direct deploy interface: nodes enrolled with deploy kernel/ramdisk and a
+    boot mode, made available, given a whole-disk image, deployed.
+
+    Every per-node write is retried on 409 and 503, as openstacksdk's baremetal proxy does
+    (RETRIABLE_STATUS_CODES): with SQLite, a busy single-process Ironic answers "database is
+    locked" as 503 TemporaryFailure. Retries are counted and reported."""
+
+    FIELDS = Ironic.FIELDS + ",uuid"
+    RETRIES = 20
+    RETRY_PAUSE = 1.0
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.retried = 0
+        self.retry_lock = threading.Lock()
+
+    def write(self, method, path, body, ok, what):
+        for attempt in range(self.RETRIES + 1):
+            status, answer = self.api.call(method, path, body)
+            if status in ok or status not in (409, 503) or attempt == self.RETRIES:
+                return expect(status, answer, ok, what)
+            with self.retry_lock:
+                self.retried += 1
+            time.sleep(self.RETRY_PAUSE)
+
+    def manage(self, nodes, args, started):
+        def one(node):
+            self.write("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                       {"target": "manage"}, (202,), f"manage {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        accepted = time.monotonic() - started
+        polls = wait_all(self.list, len(nodes),
+                         lambda n: n["provision_state"] == "manageable"
+                         and not n["target_provision_state"],
+                         lambda n: n["provision_state"] in ("enroll", "error")
+                         and not n["target_provision_state"] and n["last_error"]
+                         and f"{n['name']}: {n['last_error']}",
+                         "ironic manage", started)
+        return {"accepted": round(accepted, 3), "polls": polls}
+
+    def enroll(self, nodes, args):
+        def one(node):
+            index = int(node["name"].rsplit("-", 1)[1])
+            body = {"name": node["name"], "driver": "redfish",
+                    "driver_info": {"redfish_address": node["base"],
+                                    "redfish_system_id": node["system"],
+                                    "redfish_username": node["user"],
+                                    "redfish_password": node["password"],
+                                    "redfish_verify_ca": False,
+                                    "deploy_kernel": args.deploy_kernel,
+                                    "deploy_ramdisk": args.deploy_ramdisk},
+                    # The same mix as `kiln sim`'s rack: every 2nd node boots UEFI.
+                    "properties": {"capabilities":
+                                   f"boot_mode:{'uefi' if index % 2 == 0 else 'bios'}"}}
+            created = self.write("POST", "/v1/nodes", body, (201,), f"create {node['name']}")
+            self.write("POST", "/v1/ports",
+                       {"node_uuid": created["uuid"], "address": node["mac"]},
+                       (201,), f"port of {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        states = [n["provision_state"] for n in self.list()]
+        if len(states) != len(nodes) or set(states) != {"enroll"}:
+            raise SystemExit(f"ironic enroll: {len(states)} nodes, states {sorted(set(states))}")
+        return {}
+
+    def provide(self, nodes, args, started):
+        def one(node):
+            self.write("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                       {"target": "provide"}, (202,), f"provide {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        polls = wait_all(self.list, len(nodes),
+                         lambda n: n["provision_state"] == "available"
+                         and not n["target_provision_state"],
+                         lambda n: n["provision_state"] in ("clean failed", "manageable")
+                         and not n["target_provision_state"] and n["last_error"]
+                         and f"{n['name']}: {n['last_error']}",
+                         "ironic provide", started)
+        return {"polls": polls}
+
+    def instance_info(self, nodes, args, started):
+        """PATCH instance_info per node: the whole-disk image's http URL and its sha256 (what
+        standalone Ironic needs for an http image)."""
+        patch = [{"op": "add", "path": f"/instance_info/{key}", "value": value}
+                 for key, value in (("image_source", args.image_url),
+                                    ("image_os_hash_algo", "sha256"),
+                                    ("image_os_hash_value", args.image_sha256),
+                                    ("image_disk_format", "raw"))]
+
+        def one(node):
+            self.write("PATCH", f"/v1/nodes/{node['name']}", patch, (200,),
+                       f"instance_info {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        return {}
+
+    def deploy(self, nodes, args, started):
+        def one(node):
+            self.write("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                       {"target": "active"}, (202,), f"deploy {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        accepted = time.monotonic() - started
+        polls = wait_all(self.list, len(nodes),
+                            lambda n: n["provision_state"] == "active"
+                            and not n["target_provision_state"],
+                            lambda n: n["provision_state"] in ("deploy failed", "error")
+                            and f"{n['name']} is {n['provision_state']}: {n['last_error']}",
+                            "ironic deploy", started)
+        return {"accepted": round(accepted, 3), "polls": polls}
+
+
+class KilnDeploy(Kiln):
+    """Kiln in a `kiln lab up --sim` namespace: the rack file names the image (sim-os)."""
+
+    def provide(self, nodes, args, started):
+        def one(node):
+            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                                  {"target": "provide"}), (202,), f"provide {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        polls = wait_all(self.list, len(nodes),
+                         lambda n: n["provision_state"] == "available",
+                         lambda n: n["provision_state"] in ("clean-failed", "error")
+                         and f"{n['spec']['name']} is {n['provision_state']}: "
+                             f"{n.get('last_error')}",
+                         "kiln provide", started)
+        return {"polls": polls}
+
+    def deploy(self, nodes, args, started):
+        def one(node):
+            expect(*self.api.call("PUT", f"/v1/nodes/{node['name']}/states/provision",
+                                  {"target": "deploy"}), (202,), f"deploy {node['name']}")
+        run_all(one, nodes, args.concurrency)
+        accepted = time.monotonic() - started
+        polls = wait_all(self.list, len(nodes),
+                            lambda n: n["provision_state"] == "active",
+                            lambda n: n["provision_state"] in ("deploy-failed", "error")
+                            and f"{n['spec']['name']} is {n['provision_state']}: "
+                                f"{n.get('last_error')}",
+                            "kiln deploy", started)
+        return {"accepted": round(accepted, 3), "polls": polls}
+
+
+def kiln_nodes(args):
+    """The lab's nodes as load_nodes rows (every server is a System of the sim's Redfish
+    service, IPMI ones included), read from the rack file `kiln sim` wrote."""
+    rows, name = [], None
+    password = open(args.bmc_password).read().strip()
+    with open(args.inventory) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("- name:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("nics:") and name:
+                mac = line.split("mac:", 1)[1].strip(" \"'}]")
+                rows.append(dict(name=name, base=args.bmc_url,
+                                 system=f"/redfish/v1/Systems/{name}", mac=mac,
+                                 user=args.bmc_user, password=password))
+                name = None
+    return rows
+
+
+DEPLOY_PHASES = ["enroll", "verify", "provide", "instance-info", "deploy"]
+
+
+def deploy_run(args):
+    # Every phase gets the deploy's timeout: 134 pbkdf2-bound Ironic verifies on a loaded 2-core
+    # machine can take longer than `run`'s 15 minutes.
+    global PHASE_TIMEOUT
+    PHASE_TIMEOUT = DEPLOY_TIMEOUT
+    if args.system == "kiln":
+        nodes, plane = kiln_nodes(args), KilnDeploy(args)
+    else:
+        nodes, plane = load_nodes(args.nodes), IronicDeploy(args)
+    rack_pids = args.rack_pid or []
+    out = open(args.out, "w")
+
+    def rack_cpu():
+        return round(sum(proc_stats(p)["cpu"] for p in rack_pids), 2)
+
+    def emit(record):
+        record["system"] = plane.name
+        line = json.dumps(record)
+        print(line, flush=True)
+        out.write(line + "\n")
+        out.flush()
+
+    emit({"phase": "start", "nodes": len(nodes), "daemon": proc_stats(args.pid),
+          "rack_cpu": rack_cpu(), "load": open("/proc/loadavg").read().split()[:3]})
+    for phase in DEPLOY_PHASES:
+        if phase == "instance-info" and args.system == "kiln":
+            continue  # the rack file gave every node its image at enrollment
+        requests0 = plane.api.requests
+        retried0 = getattr(plane, "retried", 0)
+        cpu0, rcpu0 = proc_stats(args.pid)["cpu"], rack_cpu()
+        load0 = open("/proc/loadavg").read().split()[0]
+        if phase == "deploy" and args.ipa_pid:
+            os.kill(args.ipa_pid, signal.SIGUSR1)  # the fake IPA starts watching now
+        started = time.monotonic()
+        if phase == "enroll":
+            extra = plane.enroll(nodes, args)
+        elif phase == "verify":
+            extra = plane.manage(nodes, args, started)
+        elif phase == "provide":
+            extra = plane.provide(nodes, args, started)
+        elif phase == "instance-info":
+            extra = plane.instance_info(nodes, args, started)
+        else:
+            extra = plane.deploy(nodes, args, started)
+        seconds = time.monotonic() - started
+        daemon = proc_stats(args.pid)
+        if phase == "deploy":
+            # The truth, from the BMCs (outside the timing): every server is on again.
+            bmc_check(nodes, power="On")
+        emit({"phase": phase, "seconds": round(seconds, 3),
+              "requests": plane.api.requests - requests0,
+              "retried": getattr(plane, "retried", 0) - retried0,
+              "daemon_cpu": round(daemon["cpu"] - cpu0, 2),
+              "rack_cpu": round(rack_cpu() - rcpu0, 2),
+              "load": [load0, open("/proc/loadavg").read().split()[0]], **extra})
+    emit({"phase": "end", "daemon": proc_stats(args.pid),
+          "rack": {str(p): proc_stats(p) for p in rack_pids}})
+
+
+def deploy_table(args):
+    def load(path):
+        return {r["phase"]: r for r in map(json.loads, open(path))}
+    kiln, ironic = load(args.kiln), load(args.ironic)
+    lines = [
+        "| phase | Kiln s | Ironic s | Ironic ÷ Kiln | Kiln daemon CPU s | Ironic CPU s "
+        "| rack side CPU s (Kiln sim / sushy + fake IPA + nginx) | Ironic writes retried (409/503) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase in DEPLOY_PHASES:
+        k, i = kiln.get(phase), ironic.get(phase)
+        if k is None and i is None:
+            continue
+        if k is None:
+            lines.append(f"| {phase} | – | {i['seconds']:.3f} | – | – | {i['daemon_cpu']:.2f} "
+                         f"| – / {i['rack_cpu']:.2f} | {i.get('retried', 0)} |")
+            continue
+        ratio = i["seconds"] / k["seconds"] if k["seconds"] > 0 else float("inf")
+        name = f"**{phase}**" if phase == "deploy" else phase
+        lines.append(f"| {name} | {k['seconds']:.3f} | {i['seconds']:.3f} | {ratio:.1f}× "
+                     f"| {k['daemon_cpu']:.2f} | {i['daemon_cpu']:.2f} "
+                     f"| {k['rack_cpu']:.2f} / {i['rack_cpu']:.2f} | {i.get('retried', 0)} |")
+    ks, iss = kiln["start"]["daemon"], ironic["start"]["daemon"]
+    ke, ie = kiln["end"]["daemon"], ironic["end"]["daemon"]
+    lines += [
+        "",
+        "| daemon | CPU s, whole run | RSS after start MiB | peak RSS MiB (sum of VmHWM) "
+        "| processes |",
+        "|---|---:|---:|---:|---:|",
+        f"| Kiln | {ke['cpu'] - ks['cpu']:.2f} | {ks['rss_mb']} | {ke['hwm_mb']} "
+        f"| {ke['processes']} |",
+        f"| Ironic | {ie['cpu'] - iss['cpu']:.2f} | {iss['rss_mb']} | {ie['hwm_mb']} "
+        f"| {ie['processes']} |",
+    ]
+    print("\n".join(lines))
+
+
+def ironic_log(args):
+    """Where each node's deploy went, from Ironic's own log (INFO lines, no debug needed):
+    deploy request accepted -> wait call-back (prepare, power off, boot mode, PXE, reboot)
+    -> first heartbeat acted on (the ramdisk seen, lookup, heartbeat, conductor worker)
+    -> write_image started -> its completion acted on (the agent's next heartbeat that found
+    the node unlocked) -> active (boot to disk, tear down the agent, power off/on)."""
+    import datetime
+    import re
+    stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) ")
+    node_re = re.compile(r"[Nn]ode ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+    marks = {}
+    dropped = 0
+    with open(args.log) as f:
+        for line in f:
+            m = stamp.match(line)
+            n = node_re.search(line)
+            if not m or not n:
+                continue
+            t = datetime.datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            node = marks.setdefault(n[1], {})
+
+            def mark(key):
+                node.setdefault(key, t)
+            if 'to provision state "deploying" from state "available"' in line:
+                mark("requested")
+            elif 'to provision state "wait call-back" from state "deploying"' in line:
+                mark("wait")
+            elif 'to provision state "deploying" from state "wait call-back"' in line:
+                mark("called_back")
+            elif "'step': 'write_image'" in line and "being executed asynchronously" in line:
+                mark("write_started")
+            elif "returned deploy command success" in line:
+                mark("write_done")
+            elif 'to provision state "active"' in line:
+                mark("active")
+            elif "skipping heartbeat processing" in line:
+                dropped += 1
+    spans = [("deploy accepted -> wait call-back", "requested", "wait"),
+             ("wait call-back -> first heartbeat acted on", "wait", "called_back"),
+             ("write_image started -> its completion acted on", "write_started", "write_done"),
+             ("completion acted on -> active", "write_done", "active"),
+             ("deploy accepted -> active", "requested", "active")]
+    lines = ["| per node, from Ironic's log | p50 s | p90 s | max s | nodes |",
+             "|---|---:|---:|---:|---:|"]
+    for label, a, b in spans:
+        values = sorted(n[b] - n[a] for n in marks.values() if a in n and b in n)
+        if not values:
+            continue
+
+        def pct(p):
+            return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+        lines.append(f"| {label} | {pct(50):.1f} | {pct(90):.1f} | {values[-1]:.1f} "
+                     f"| {len(values)} |")
+    lines += ["", f"Heartbeats Ironic dropped (node locked; the agent's next one comes "
+              f"heartbeat_timeout x 0.3-0.6 later): {dropped}."]
+    print("\n".join(lines))
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -512,6 +838,33 @@ def main():
     t.add_argument("kiln")
     t.add_argument("ironic")
     t.set_defaults(fn=table)
+    d = sub.add_parser("deploy")
+    d.add_argument("system", choices=["kiln", "ironic"])
+    d.add_argument("--api", help="base URL (Kiln: default DATA_DIR/api-url)")
+    d.add_argument("--data-dir", help="Kiln's data directory (token)")
+    d.add_argument("--inventory", help="Kiln: the lab's rack file")
+    d.add_argument("--bmc-url", default="http://127.0.0.1:8000", help="Kiln: the sim's Redfish")
+    d.add_argument("--bmc-user", default="admin")
+    d.add_argument("--bmc-password", help="Kiln: the lab's BMC password file")
+    d.add_argument("--nodes", help="Ironic: nodes.tsv")
+    d.add_argument("--deploy-kernel", help="Ironic: driver_info deploy_kernel URL")
+    d.add_argument("--deploy-ramdisk", help="Ironic: driver_info deploy_ramdisk URL")
+    d.add_argument("--image-url", help="Ironic: instance_info image_source")
+    d.add_argument("--image-sha256", help="Ironic: instance_info image_os_hash_value")
+    d.add_argument("--pid", type=int, required=True, help="the daemon's pid")
+    d.add_argument("--rack-pid", type=int, action="append",
+                   help="pids of the rack side (BMC emulator, fake IPA, image server; repeat)")
+    d.add_argument("--ipa-pid", type=int, help="Ironic: the fake IPA (SIGUSR1 at deploy start)")
+    d.add_argument("--concurrency", type=int, default=16)
+    d.add_argument("--out", required=True)
+    d.set_defaults(fn=deploy_run)
+    dt = sub.add_parser("deploy-table")
+    dt.add_argument("kiln")
+    dt.add_argument("ironic")
+    dt.set_defaults(fn=deploy_table)
+    il = sub.add_parser("ironic-log")
+    il.add_argument("log")
+    il.set_defaults(fn=ironic_log)
     args = p.parse_args()
     args.fn(args)
 
