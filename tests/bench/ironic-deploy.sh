@@ -13,10 +13,11 @@
 #   dhcp_provider none (it only writes config files), direct deploy, against sushy-tools fake
 #   systems (tests/bench/ironic/sushy_instant.py) on 127.0.0.1. The systems cannot network-boot,
 #   so tests/bench/ironic/fake_ipa.py stands in for every deploy ramdisk: IPA's lookup, heartbeats
-#   and agent REST API (over auto-TLS, as IPA) with a zero boot delay; it downloads the image over HTTP and checks its
-#   sha256, writes nothing, and powers the system off through the BMC. nginx on 127.0.0.1 serves
-#   the image (the same bytes as the sim's image, decompressed) and tiny deploy kernel/ramdisk.
-#   Flow: enroll, manage, provide (automated_clean = false), set instance_info, deploy.
+#   and agent REST API (over auto-TLS, as IPA) with a zero boot delay; it downloads the image over
+#   HTTP and checks its sha256, writes nothing, and powers the system off through the BMC. nginx
+#   on 127.0.0.1 serves the image (the same bytes as the sim's image, decompressed) and tiny
+#   deploy kernel/ramdisk. Flow: enroll, manage, provide (automated_clean = false), set
+#   instance_info, deploy. The run fails if the fake IPA saw any call it does not know.
 #
 # Network: Ironic's side is loopback only; Kiln's DHCP/TFTP stay inside the lab's namespace.
 # Every daemon runs in a session of its own and is stopped, the lab taken down and the temp dir
@@ -25,7 +26,7 @@
 #   bash tests/bench/ironic-deploy.sh               # 134 nodes, 16 requests in flight
 #   NODES=4 bash tests/bench/ironic-deploy.sh       # a quick check
 #   HEARTBEAT_TIMEOUT=30 bash tests/bench/ironic-deploy.sh   # IPA heartbeats every 9-18 s
-#   (~25 min at 134 nodes on 2 cores, all but ~20 s of it Ironic)
+#   (~17 min at 134 nodes on 2 cores, all but ~20 s of it Ironic)
 #
 # Prints a markdown table (also left in $OUT, default /tmp/kiln-bench-ironic-deploy.md).
 set -euo pipefail

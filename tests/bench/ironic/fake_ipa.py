@@ -81,6 +81,7 @@ MIN_HEARTBEAT_INTERVAL = 5.0
 JITTER = (0.3, 0.6)
 ERROR_JITTER = (1.0, 2.0)
 LOOKUP_INTERVAL = 1.0
+IRONIC_TIMEOUT = 900.0
 LOOKUP_TIMEOUT = 300.0
 # Seconds between two node-list calls (one call in flight). A filtered two-field list is cheap;
 # under load its latency is queueing in the busy Ironic process, and a pause scaled to it would
@@ -133,7 +134,8 @@ class Stats:
 class Http:
     """A keep-alive HTTP/1.1 connection per thread to one base URL."""
 
-    def __init__(self, base, headers=None):
+    def __init__(self, base, headers=None, timeout=120):
+        self.timeout = timeout
         url = urllib.parse.urlsplit(base)
         self.host, self.port = url.hostname, url.port or 80
         self.prefix = url.path.rstrip("/")
@@ -141,25 +143,30 @@ class Http:
         self.local = threading.local()
 
     def call(self, method, path, body=None):
+        """(status, parsed body). Raises OSError (http.client's errors included) when there is
+        no answer; the connection is then dropped, so the next call starts afresh."""
         data = None if body is None else json.dumps(body).encode()
         headers = dict(self.headers)
         if data is not None:
             headers["Content-Type"] = "application/json"
         for attempt in (0, 1):
             conn = getattr(self.local, "conn", None)
-            if conn is None or attempt == 1:
-                if conn is not None:
-                    conn.close()
+            if conn is None:
                 conn = self.local.conn = http.client.HTTPConnection(self.host, self.port,
-                                                                    timeout=120)
+                                                                    timeout=self.timeout)
             try:
                 conn.request(method, self.prefix + path, body=data, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()
                 break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                if attempt == 1:
-                    raise
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                self.local.conn = None
+                # A keep-alive connection the server closed while idle: once more, afresh.
+                stale = isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,
+                                       BrokenPipeError))
+                if attempt == 1 or not stale:
+                    raise OSError(f"{method} {path}: {e!r}") from e
         text = raw.decode(errors="replace")
         try:
             return resp.status, (json.loads(text) if text else None)
@@ -240,7 +247,15 @@ class Agent:
     # --- life --------------------------------------------------------------------------------
 
     def boot(self):
-        """Bind the agent API, look the node up, start heartbeating (in this thread)."""
+        """The agent's life, in this thread; a crash is reported loudly (and fails the run)."""
+        try:
+            self.live()
+        except Exception as e:  # noqa: BLE001
+            self.fleet.stats.unknown(f"agent of {self.name} crashed: {e!r}")
+            self.shutdown("crashed")
+
+    def live(self):
+        """Bind the agent API, look the node up, start heartbeating."""
         agent = self
 
         class Handler(AgentHandler):
@@ -251,6 +266,7 @@ class Agent:
         threading.Thread(target=self.server.serve_forever, name=f"api-{self.name}",
                          kwargs={"poll_interval": 0.5}, daemon=True).start()
         if not self.lookup():
+            self.fleet.stats.unknown(f"lookup of {self.name} failed")
             self.shutdown("lookup failed")
             return
         log(f"{self.name}: agent up at {self.callback_url} "
@@ -579,8 +595,10 @@ class Fleet:
     """Every node's ramdisk, booted when Ironic waits for its call-back."""
 
     def __init__(self, args):
+        # A long timeout: a busy single-process Ironic queues requests for minutes, and a lookup
+        # whose answer is lost has used up the node's one agent token.
         self.ironic = Http(args.ironic, {"X-OpenStack-Ironic-API-Version": API_VERSION,
-                                         "Accept": "application/json"})
+                                         "Accept": "application/json"}, timeout=IRONIC_TIMEOUT)
         self.rows = {}
         with open(args.nodes) as f:
             for line in f:
