@@ -98,38 +98,43 @@ impl Aio {
         self.cli().services(command, &[])
     }
 
-    /// `openstack ARGS` as admin, run in the keystone container, against Keystone at `auth_url`.
-    fn try_openstack(&self, auth_url: &str, args: &[&str]) -> Output {
+    /// A value from the generated passwords.yaml.
+    fn secret(&self, key: &str) -> String {
         let passwords = std::fs::read_to_string(self.path("passwords.yaml")).unwrap();
-        let admin = passwords
+        passwords
             .lines()
-            .find_map(|l| l.strip_prefix("keystone_admin_password: "))
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
             .map(|v| v.trim_matches('"').to_string())
-            .expect("admin password");
-        let password = format!("OS_PASSWORD={admin}");
-        let auth = format!("OS_AUTH_URL={auth_url}");
-        let mut full = vec![
-            "exec",
-            "-e",
-            &auth,
-            "-e",
-            "OS_IDENTITY_API_VERSION=3",
-            "-e",
-            "OS_USERNAME=admin",
-            "-e",
-            &password,
-            "-e",
-            "OS_PROJECT_NAME=admin",
-            "-e",
-            "OS_USER_DOMAIN_NAME=Default",
-            "-e",
-            "OS_PROJECT_DOMAIN_NAME=Default",
-            "-e",
-            "OS_INTERFACE=internal",
-            "keystone",
-            "openstack",
-        ];
-        full.extend_from_slice(args);
+            .unwrap_or_else(|| panic!("{key} not in passwords.yaml"))
+    }
+
+    /// `docker` arguments that run `openstack ARGS` as admin in the keystone container,
+    /// against Keystone at `auth_url` (internal endpoints).
+    fn openstack_exec(&self, auth_url: &str, args: &[&str]) -> Vec<String> {
+        let mut full: Vec<String> = vec!["exec".into()];
+        for env in [
+            format!("OS_AUTH_URL={auth_url}"),
+            "OS_IDENTITY_API_VERSION=3".into(),
+            "OS_USERNAME=admin".into(),
+            format!("OS_PASSWORD={}", self.secret("keystone_admin_password")),
+            "OS_PROJECT_NAME=admin".into(),
+            "OS_USER_DOMAIN_NAME=Default".into(),
+            "OS_PROJECT_DOMAIN_NAME=Default".into(),
+            "OS_INTERFACE=internal".into(),
+        ] {
+            full.push("-e".into());
+            full.push(env);
+        }
+        full.extend(["keystone", "openstack"].map(String::from));
+        full.extend(args.iter().map(|a| a.to_string()));
+        full
+    }
+
+    /// `openstack ARGS` as admin, run in the keystone container on the outer engine, against
+    /// Keystone at `auth_url`.
+    fn try_openstack(&self, auth_url: &str, args: &[&str]) -> Output {
+        let full = self.openstack_exec(auth_url, args);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
         self.lab.outer_docker(&full)
     }
 
@@ -388,7 +393,6 @@ fn a_token_from_one_keystone_is_valid_on_the_other() {
     assert_eq!(code, 0, "deploy on two control hosts: {out}{err}");
 
     let (first, second) = (&nodes[0], &nodes[1]);
-    let secrets = std::fs::read_to_string(&passwords).unwrap();
     for (file, key) in [
         ("/etc/keystone/fernet-keys/0", "keystone_fernet_key_0"),
         (
@@ -396,51 +400,18 @@ fn a_token_from_one_keystone_is_valid_on_the_other() {
             "keystone_credential_fernet_key_1",
         ),
     ] {
-        let want = secrets
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-            .map(|v| v.trim_matches('"').to_string())
-            .expect(key);
+        let want = aio.secret(key);
         for node in [first, second] {
             let have = aio.lab.docker_ok(node, &["exec", "keystone", "cat", file]);
             assert_eq!(have.trim(), want, "{}: {file}", node.name);
         }
     }
-    let admin = secrets
-        .lines()
-        .find_map(|l| l.strip_prefix("keystone_admin_password: "))
-        .map(|v| v.trim_matches('"').to_string())
-        .expect("admin password");
-    let auth = format!("OS_AUTH_URL=http://{}:5000/v3", first.ip);
-    let password = format!("OS_PASSWORD={admin}");
-    let token = aio.lab.docker_ok(
-        first,
-        &[
-            "exec",
-            "-e",
-            &auth,
-            "-e",
-            "OS_IDENTITY_API_VERSION=3",
-            "-e",
-            "OS_USERNAME=admin",
-            "-e",
-            &password,
-            "-e",
-            "OS_PROJECT_NAME=admin",
-            "-e",
-            "OS_USER_DOMAIN_NAME=Default",
-            "-e",
-            "OS_PROJECT_DOMAIN_NAME=Default",
-            "keystone",
-            "openstack",
-            "token",
-            "issue",
-            "-f",
-            "value",
-            "-c",
-            "id",
-        ],
+    let issue = aio.openstack_exec(
+        &format!("http://{}:5000/v3", first.ip),
+        &["token", "issue", "-f", "value", "-c", "id"],
     );
+    let issue: Vec<&str> = issue.iter().map(String::as_str).collect();
+    let token = aio.lab.docker_ok(first, &issue);
     let token = token.trim();
     assert!(token.len() > 20, "token: {token}");
     let validate = |node: &common::docker_lab::DockerNode| {
