@@ -42,7 +42,7 @@ OUT=${OUT:-/tmp/kiln-bench-ironic-deploy.md}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 
-log() { printf '== %s\n' "$*" >&2; }
+source "$HERE/ironic/procs.sh"
 
 # --- tools ------------------------------------------------------------------------------------
 need=()
@@ -85,17 +85,8 @@ WORK=$(mktemp -d /tmp/kiln-bench-ironic-deploy.XXXXXX)
 LAB=kdep$$
 LAB_DIR=$WORK/lab
 LAB_UP=0
-PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        # Each daemon runs in a session of its own (setsid): end its whole process group.
-        kill -TERM -- "-$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    stop_all
     if [[ $LAB_UP == 1 ]]; then
         cp "$LAB_DIR/daemon.log" "${OUT%.md}-kiln-daemon.log" 2>/dev/null || true
         cp "$LAB_DIR/vbmc.log" "${OUT%.md}-kiln-sim.log" 2>/dev/null || true
@@ -109,36 +100,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# start LOG CMD...: runs CMD in its own session (registered for clean-up); its pid in LAST_PID.
-start() {
-    local log=$1; shift
-    setsid "$@" >"$log" 2>&1 </dev/null &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-# stop PID: TERM the process group, wait, KILL.
-stop() {
-    local pid=$1
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# wait_http URL [CURL ARGS...]: until it answers 2xx (60 s).
-wait_http() {
-    local url=$1; shift
-    for _ in $(seq 600); do
-        if curl -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "no answer from $url" >&2
-    return 1
-}
 
 # --- Kiln -------------------------------------------------------------------------------------
 run_kiln() {

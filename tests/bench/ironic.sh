@@ -30,7 +30,7 @@ OUT=${OUT:-/tmp/kiln-bench-ironic.md}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 
-log() { printf '== %s\n' "$*" >&2; }
+source "$HERE/ironic/procs.sh"
 
 # --- tools ------------------------------------------------------------------------------------
 python3 -c 'import venv, ensurepip' 2>/dev/null || {
@@ -57,17 +57,8 @@ SUSHY_VER=$("$PY" -c 'from importlib.metadata import version as v; print(v("sush
 
 # --- scratch space and clean-up ---------------------------------------------------------------
 WORK=$(mktemp -d /tmp/kiln-bench-ironic.XXXXXX)
-PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        # Each daemon runs in a session of its own (setsid): end its whole process group.
-        kill -TERM -- "-$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    stop_all
     # Daemon logs survive the run next to $OUT (for looking into where the time went).
     for f in ironic/ironic.log kiln/kiln.log sushy-ironic.log sushy-kiln.log; do
         [[ -f "$WORK/$f" ]] && cp "$WORK/$f" "${OUT%.md}-$(basename "$f")"
@@ -76,37 +67,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# start NAME LOG CMD...: runs CMD in its own session, prints its pid (registered for clean-up).
-start() {
-    local log=$1; shift
-    setsid "$@" >"$log" 2>&1 </dev/null &
-    local pid=$!
-    PIDS+=("$pid")
-    LAST_PID=$pid
-}
-
-# stop PID: TERM the process group, wait, KILL.
-stop() {
-    local pid=$1
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# wait_http URL [CURL ARGS...]: until it answers 2xx (60 s).
-wait_http() {
-    local url=$1; shift
-    for _ in $(seq 600); do
-        if curl -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "no answer from $url" >&2
-    return 1
-}
 
 SUSHY_PORT=$(free_port)
 SUSHY_URL="http://127.0.0.1:$SUSHY_PORT"
