@@ -334,8 +334,8 @@ async fn converge(
     // load a Kolla image. A failed prefetch is retried by the service itself, which reports it.
     let mut prefetches = tokio::task::JoinSet::new();
     if context.operation == Operation::Deploy {
-        for (host, specs) in prefetch_plan(&services) {
-            prefetches.spawn(prefetch_host(context.clone(), host, specs));
+        for (host, candidates) in prefetch_plan(&services) {
+            prefetches.spawn(prefetch_host(context.clone(), host, candidates));
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -413,33 +413,69 @@ async fn converge(
         .sort_by(|a, b| (&a.host, &a.service).cmp(&(&b.host, &b.service)));
 }
 
-/// Per host, the first container of each image it will run, in dependency order (a service's
-/// bootstrap containers before its own): what the host prefetches.
-pub(super) fn prefetch_plan(services: &[RenderedService]) -> BTreeMap<String, Vec<ContainerSpec>> {
-    let mut plan: BTreeMap<String, Vec<ContainerSpec>> = BTreeMap::new();
-    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+/// A container a host may have to fetch an image for, in dependency order; `bootstrap` for a
+/// service's one-shot containers (decided by [`bootstrap_action`], not [`container_action`]).
+#[derive(Clone, Debug)]
+pub(super) struct Candidate {
+    pub spec: ContainerSpec,
+    pub bootstrap: bool,
+}
+
+/// Per host, every container it runs, in dependency order (a service's bootstrap containers
+/// before its own): what the host may prefetch once it opens.
+pub(super) fn prefetch_plan(services: &[RenderedService]) -> BTreeMap<String, Vec<Candidate>> {
+    let mut plan: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     for service in services {
-        let hosts = service.bootstrap.iter().chain(service.hosts.iter());
-        for (host, containers) in hosts {
+        let bootstrap = service.bootstrap.iter().map(|hc| (hc, true));
+        for ((host, containers), bootstrap) in
+            bootstrap.chain(service.hosts.iter().map(|hc| (hc, false)))
+        {
             for spec in containers {
-                if seen.insert((host.clone(), spec.image.clone())) {
-                    plan.entry(host.clone()).or_default().push(spec.clone());
-                }
+                plan.entry(host.clone()).or_default().push(Candidate {
+                    spec: spec.clone(),
+                    bootstrap,
+                });
             }
         }
     }
     plan
 }
 
-/// Fetches one host's images (see [`prefetch_plan`]) once its gate opens.
-async fn prefetch_host(context: Arc<Context>, host: String, specs: Vec<ContainerSpec>) {
-    if context.open_host(&host).await.is_err() {
+/// The first container of each image that the observed state says will be created (or
+/// recreated, or a bootstrap run): nothing for a host whose containers are all in place, so a
+/// redeploy that changes nothing asks no engine about images.
+pub(super) fn images_to_fetch<'a>(
+    candidates: &'a [Candidate],
+    observed: &HashMap<String, Observed>,
+) -> Vec<&'a ContainerSpec> {
+    let mut seen = BTreeSet::new();
+    candidates
+        .iter()
+        .filter(|c| {
+            let current = observed.get(&c.spec.name);
+            if c.bootstrap {
+                bootstrap_action(&c.spec, current, false) == BootstrapAction::Run
+            } else {
+                matches!(
+                    container_action(&c.spec, current, &Mode::default()),
+                    Action::Create | Action::Recreate(_)
+                )
+            }
+        })
+        .map(|c| &c.spec)
+        .filter(|spec| seen.insert(spec.image.clone()))
+        .collect()
+}
+
+/// Fetches one host's images (see [`images_to_fetch`]) once its gate opens.
+async fn prefetch_host(context: Arc<Context>, host: String, candidates: Vec<Candidate>) {
+    let Ok(observed) = context.open_host(&host).await else {
         return; // its services report the host
-    }
+    };
     let Some(engine) = context.engines.get(&host).cloned() else {
         return;
     };
-    for spec in &specs {
+    for spec in images_to_fetch(&candidates, &observed) {
         if let Err(err) = ensure_image(&context, engine.as_ref(), &host, spec).await {
             context.event(
                 &host,

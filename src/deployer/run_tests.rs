@@ -427,8 +427,9 @@ fn the_prefetch_plan_is_each_hosts_images_once_in_dependency_order() {
     let rig = rig();
     let rendered = render(&rig.catalog, &rig.hosts, &globals(), &rig.passwords).unwrap();
     let plan = super::run::prefetch_plan(&rendered);
+    let nothing_yet = std::collections::HashMap::new();
     let images = |host: &str| -> Vec<String> {
-        plan[host]
+        super::run::images_to_fetch(&plan[host], &nothing_yet)
             .iter()
             .map(|s| format!("{} {}", s.name, s.image))
             .collect()
@@ -449,4 +450,39 @@ fn the_prefetch_plan_is_each_hosts_images_once_in_dependency_order() {
             "agent localhost:5000/test/agent:1"
         ]
     );
+}
+
+#[tokio::test]
+async fn a_host_whose_containers_are_in_place_prefetches_nothing() {
+    let rig = rig();
+    assert!(rig.run(&globals(), Operation::Deploy).await.ok());
+    let rendered = render(&rig.catalog, &rig.hosts, &globals(), &rig.passwords).unwrap();
+    let plan = super::run::prefetch_plan(&rendered);
+    for (host, sim) in &rig.sims {
+        let observed: std::collections::HashMap<_, _> = sim
+            .list_managed()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.name.clone(), o))
+            .collect();
+        let fetch = super::run::images_to_fetch(&plan[host], &observed);
+        assert!(fetch.is_empty(), "{host}: {fetch:?}");
+    }
+    // A changed config recreates db: its image is wanted again (once per host).
+    let changed = globals().with("db_size", "2");
+    let rendered = render(&rig.catalog, &rig.hosts, &changed, &rig.passwords).unwrap();
+    let plan = super::run::prefetch_plan(&rendered);
+    let observed: std::collections::HashMap<_, _> = rig.sims["n2"]
+        .list_managed()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name.clone(), o))
+        .collect();
+    let fetch: Vec<&str> = super::run::images_to_fetch(&plan["n2"], &observed)
+        .iter()
+        .map(|s| s.image.as_str())
+        .collect();
+    assert_eq!(fetch, ["localhost:5000/test/db:1"]);
 }
