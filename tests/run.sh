@@ -32,7 +32,11 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v zstd >/dev/null || need+=(zstd)
 command -v cpio >/dev/null || need+=(cpio)
 command -v strip >/dev/null || need+=(binutils)
-command -v qemu-img >/dev/null || need+=(qemu-utils)
+# qemu-utils with qemu-system-x86 whenever that is installed: apt may remove a qemu-utils from
+# another suite (backports) to install Debian's qemu-system-x86, as it did on a fresh machine.
+if ! command -v qemu-img >/dev/null || [[ " ${need[*]} " == *" qemu-system-x86 "* ]]; then
+    need+=(qemu-utils)
+fi
 # Container deployer tests: a real dockerd (Debian's 20.10; another docker client may sit earlier
 # on PATH, so check the daemon's path), docker-in-docker nodes and a local registry.
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
