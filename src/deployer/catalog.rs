@@ -104,13 +104,17 @@ pub struct Permission {
 pub struct HealthcheckTemplate {
     /// A shell command (run with `CMD-SHELL`).
     pub test: String,
-    #[serde(default = "five")]
+    /// Seconds between Docker's checks of a running container (Kolla's default 30). The
+    /// deployer's startup probe does not wait for them: while a container starts it runs `test`
+    /// itself, from every 0.25 s to every 5 s, and the first pass ends the wait.
+    #[serde(default = "thirty")]
     pub interval: u64,
-    #[serde(default = "five")]
+    #[serde(default = "thirty")]
     pub timeout: u64,
     #[serde(default = "three")]
     pub retries: u64,
-    #[serde(default)]
+    /// Seconds in which failed checks do not count (Kolla's default 5).
+    #[serde(default = "five")]
     pub start_period: u64,
 }
 
@@ -519,6 +523,9 @@ fn five() -> u64 {
 }
 fn twenty() -> u64 {
     20
+}
+fn thirty() -> u64 {
+    30
 }
 fn three() -> u64 {
     3

@@ -486,3 +486,46 @@ async fn a_host_whose_containers_are_in_place_prefetches_nothing() {
         .collect();
     assert_eq!(fetch, ["localhost:5000/test/db:1"]);
 }
+
+#[tokio::test]
+async fn a_starting_container_is_ready_as_soon_as_the_deployers_probe_passes() {
+    // Docker's own check (Kolla's 30 s interval) has not run on any container yet: every gate
+    // opens on the deployer's probe, and api still waits for db.
+    let rig = rig();
+    for sim in rig.sims.values() {
+        sim.lag_health();
+    }
+    let outcome = rig.run(&globals(), Operation::Deploy).await;
+    assert!(outcome.ok(), "{outcome:?}");
+    let calls = rig.since(&BTreeMap::new());
+    let at = |call: &str| calls.iter().position(|c| c == call);
+    for host in ["n1", "n2", "n3"] {
+        let db_probe = at(&format!("{host}: probe db")).expect("db probed");
+        let api_probe = at(&format!("{host}: probe api")).expect("api probed");
+        assert!(db_probe < api_probe, "{calls:?}");
+    }
+    assert!(
+        !calls.iter().any(|c| c.ends_with("probe agent")),
+        "no healthcheck, no probe: {calls:?}"
+    );
+}
+
+#[test]
+fn probes_start_quick_and_slow_down_to_five_seconds() {
+    use super::run::probe_pause;
+    use std::time::Duration;
+    assert_eq!(probe_pause(0), Duration::from_millis(250));
+    assert_eq!(probe_pause(1), Duration::from_millis(375));
+    let pauses: Vec<Duration> = (0..40).map(probe_pause).collect();
+    assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+    assert_eq!(pauses[39], Duration::from_secs(5));
+    assert_eq!(probe_pause(u32::MAX), Duration::from_secs(5));
+    // Within the first minute of a slow start: about 20 probes, not 240.
+    let mut elapsed = Duration::ZERO;
+    let mut probes = 0;
+    while elapsed < Duration::from_secs(60) {
+        elapsed += probe_pause(probes);
+        probes += 1;
+    }
+    assert!((15..=22).contains(&probes), "{probes}");
+}

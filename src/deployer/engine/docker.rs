@@ -5,14 +5,14 @@
 mod disk_probe;
 
 use super::ssh_tunnel::SshTunnel;
-use super::{DiskFree, Engine, EngineError, EngineInfo};
+use super::{DiskFree, Engine, EngineError, EngineInfo, ProbeOutcome};
 use crate::deployer::hosts::{Endpoint, TlsSource};
 use crate::deployer::plan::{Health, Observed, RunState};
 use crate::deployer::spec::{ContainerSpec, LABEL_MANAGED};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HostConfig, ResourcesUlimits, RestartPolicy,
+    ContainerCreateBody, ExecConfig, HealthConfig, HostConfig, ResourcesUlimits, RestartPolicy,
     RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
@@ -460,6 +460,59 @@ impl Engine for DockerEngine {
                 }) => return Ok(code),
                 Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
             }
+        }
+    }
+
+    async fn probe(
+        &self,
+        name: &str,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<ProbeOutcome, EngineError> {
+        // Detached, then polled: the outcome is the exit code, the output is not needed (a
+        // failing service's reason comes from Docker's own healthcheck log).
+        let config = ExecConfig {
+            cmd: Some(vec!["/bin/sh".into(), "-c".into(), command.into()]),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(name, config)
+            .await
+            .map_err(|e| self.unreachable_or("probe", name, e))?;
+        let start = bollard::exec::StartExecOptions {
+            detach: true,
+            ..Default::default()
+        };
+        self.docker
+            .start_exec(&exec.id, Some(start))
+            .await
+            .map_err(|e| self.unreachable_or("probe", name, e))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let inspect = self
+                .docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| self.unreachable_or("probe", name, e))?;
+            if inspect.running != Some(true) {
+                return Ok(match inspect.exit_code {
+                    Some(0) => ProbeOutcome::Passed,
+                    Some(code) => ProbeOutcome::Failed(code),
+                    // Not started yet (an exec is created, then started asynchronously).
+                    None if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    None => ProbeOutcome::TimedOut,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(ProbeOutcome::TimedOut);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -1,5 +1,5 @@
 //! The narrow interface the deployer needs from a container engine: list what Kiln manages,
-//! create/start/stop/remove, pull, wait, tail logs. `docker` implements it with bollard (unix,
+//! create/start/stop/remove, pull, wait, probe, tail logs. `docker` implements it with bollard (unix,
 //! TCP, mutual TLS, SSH); `sim` is an in-memory engine for tests and the rack simulator.
 
 pub mod docker;
@@ -42,6 +42,16 @@ pub struct EngineInfo {
     pub containers_running: i64,
 }
 
+/// What one run of a healthcheck command inside a container gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Passed,
+    /// It exited with this non-zero code.
+    Failed(i64),
+    /// It was still running when the healthcheck's timeout ran out.
+    TimedOut,
+}
+
 /// Free space under the engine's root directory (images, containers, volumes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskFree {
@@ -75,6 +85,14 @@ pub trait Engine: Send + Sync {
     async fn remove(&self, name: &str) -> Result<(), EngineError>;
     /// Waits for the container to exit; its exit code.
     async fn wait(&self, name: &str) -> Result<i64, EngineError>;
+    /// Runs `command` (`/bin/sh -c`, as a `CMD-SHELL` healthcheck does) inside the running
+    /// container, once: the deployer's startup probe while it waits for a fresh container.
+    async fn probe(
+        &self,
+        name: &str,
+        command: &str,
+        timeout: std::time::Duration,
+    ) -> Result<ProbeOutcome, EngineError>;
     async fn logs_tail(&self, name: &str, lines: usize) -> Result<Vec<String>, EngineError>;
     /// Free space under the engine's root directory, measured with one of `images` that is
     /// already present; `None` when it cannot be measured (no such image yet).

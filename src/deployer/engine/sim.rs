@@ -2,7 +2,7 @@
 //! whatever the test says. For the executor's unit tests and the rack simulator, never as the
 //! evidence that deploying onto real Docker works (tests/services_*.rs use real dockerd).
 
-use super::{DiskFree, Engine, EngineError, EngineInfo};
+use super::{DiskFree, Engine, EngineError, EngineInfo, ProbeOutcome};
 use crate::deployer::plan::{Health, Observed, RunState};
 use crate::deployer::spec::{ContainerSpec, Kind};
 use async_trait::async_trait;
@@ -25,7 +25,10 @@ struct SimState {
     next_id: u64,
     /// Free bytes reported by `free_disk` (`None`: plenty, 100 GiB).
     free_disk: Option<u64>,
-    /// Every mutating call, in order: for assertions on what the executor did.
+    /// Docker's own healthcheck has not run yet on a started container (health stays
+    /// "starting", as with a long interval); only the deployer's probe can tell it is up.
+    health_lags: bool,
+    /// Every mutating call and every probe, in order: for assertions on what the executor did.
     calls: Vec<String>,
 }
 
@@ -53,6 +56,11 @@ impl SimEngine {
     /// Makes the named container unhealthy (service) or exit 1 (bootstrap).
     pub fn fail(&self, container: &str) {
         self.lock().failing.insert(container.to_string());
+    }
+
+    /// From now on, started services stay "health: starting" (see `SimState::health_lags`).
+    pub fn lag_health(&self) {
+        self.lock().health_lags = true;
     }
 
     /// What `free_disk` reports from now on.
@@ -177,6 +185,7 @@ impl Engine for SimEngine {
     async fn start(&self, name: &str) -> Result<(), EngineError> {
         let mut state = self.lock();
         let failing = state.failing.contains(name);
+        let lags = state.health_lags;
         state.calls.push(format!("start {name}"));
         let container = state
             .containers
@@ -188,10 +197,11 @@ impl Engine for SimEngine {
             }
             Kind::Service => {
                 container.observed.state = RunState::Running;
-                container.observed.health = match (container.has_healthcheck, failing) {
-                    (false, _) => Health::None,
-                    (true, false) => Health::Healthy,
-                    (true, true) => Health::Unhealthy,
+                container.observed.health = match (container.has_healthcheck, failing, lags) {
+                    (false, _, _) => Health::None,
+                    (true, _, true) => Health::Starting,
+                    (true, false, false) => Health::Healthy,
+                    (true, true, false) => Health::Unhealthy,
                 };
             }
         }
@@ -221,6 +231,27 @@ impl Engine for SimEngine {
             Some(RunState::Stopped(Some(code))) => Ok(code),
             Some(_) => Ok(0),
             None => Err(EngineError::failed("wait for", name, "no such container")),
+        }
+    }
+
+    /// Passes on a running container unless it was told to fail.
+    async fn probe(
+        &self,
+        name: &str,
+        _command: &str,
+        _timeout: std::time::Duration,
+    ) -> Result<ProbeOutcome, EngineError> {
+        let mut state = self.lock();
+        state.calls.push(format!("probe {name}"));
+        match state.containers.get(name).map(|c| c.observed.state) {
+            Some(RunState::Running) if state.failing.contains(name) => Ok(ProbeOutcome::Failed(1)),
+            Some(RunState::Running) => Ok(ProbeOutcome::Passed),
+            Some(_) => Err(EngineError::failed(
+                "probe",
+                name,
+                "the container is not running",
+            )),
+            None => Err(EngineError::failed("probe", name, "no such container")),
         }
     }
 

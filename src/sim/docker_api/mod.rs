@@ -1,6 +1,6 @@
 //! A simulated Docker Engine on a node's address: the subset of the Engine API (v1.41) that
 //! Kiln's deployer calls through bollard — version/info, containers, images (pull, load, tag),
-//! volumes, archive upload, logs — over plain TCP or mutual TLS with the node's certificate.
+//! volumes, archive upload, logs, exec (the startup probe) — over plain TCP or mutual TLS with the node's certificate.
 //! Containers run nothing: a healthchecked container is "starting" for `health_delay` and then
 //! "healthy"; a bootstrap container (label `org.kiln.kind=bootstrap`) exits 0 after it; a pull
 //! takes `pull`. State lives in memory and is lost when the node is re-imaged.
@@ -326,6 +326,22 @@ async fn handle(State(engine): State<Arc<SimDocker>>, request: Request) -> Respo
                 Err(e) => state_error(e),
             }
         }
+        Route::CreateExec(name) => match engine.with_state(|s, _| s.create_exec(&name)) {
+            Ok(id) => json_status(StatusCode::CREATED, json!({"Id": id})),
+            Err(e) => state_error(e),
+        },
+        // Detached starts only (what the probe sends): the exit code is decided at inspect.
+        Route::StartExec(id) => match engine.with_state(|s, now| s.exec_exit_code(&id, now, delay)) {
+            Ok(_) => empty(StatusCode::OK),
+            Err(e) => state_error(e),
+        },
+        Route::InspectExec(id) => match engine.with_state(|s, now| s.exec_exit_code(&id, now, delay)) {
+            Ok(code) => json_status(
+                StatusCode::OK,
+                json!({"ID": id, "Running": false, "ExitCode": code}),
+            ),
+            Err(e) => state_error(e),
+        },
         Route::ContainerLogs(name) => engine.with_state(|s, now| match s.container(&name) {
             Ok(c) => {
                 let text = format!(

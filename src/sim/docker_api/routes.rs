@@ -16,6 +16,11 @@ pub enum Route {
     RemoveContainer(String),
     UploadArchive(String),
     ContainerLogs(String),
+    /// `POST /containers/{name}/exec`, `POST /exec/{id}/start`, `GET /exec/{id}/json`: the
+    /// deployer's startup probe.
+    CreateExec(String),
+    StartExec(String),
+    InspectExec(String),
     InspectImage(String),
     PullImage,
     LoadImage,
@@ -79,6 +84,9 @@ pub fn route(method: &Method, path: &str) -> Option<Route> {
         (Method::DELETE, ["containers", name]) => Route::RemoveContainer(name.to_string()),
         (Method::PUT, ["containers", name, "archive"]) => Route::UploadArchive(name.to_string()),
         (Method::GET, ["containers", name, "logs"]) => Route::ContainerLogs(name.to_string()),
+        (Method::POST, ["containers", name, "exec"]) => Route::CreateExec(name.to_string()),
+        (Method::POST, ["exec", id, "start"]) => Route::StartExec(id.to_string()),
+        (Method::GET, ["exec", id, "json"]) => Route::InspectExec(id.to_string()),
         (Method::POST, ["images", "create"]) => Route::PullImage,
         (Method::POST, ["images", "load"]) => Route::LoadImage,
         // Image references hold slashes: everything between `images/` and the verb.
@@ -143,6 +151,21 @@ mod tests {
                 "/v1.41/containers/mariadb/logs",
                 Route::ContainerLogs("mariadb".into()),
             ),
+            (
+                Method::POST,
+                "/v1.41/containers/keystone/exec",
+                Route::CreateExec("keystone".into()),
+            ),
+            (
+                Method::POST,
+                "/v1.41/exec/abc123/start",
+                Route::StartExec("abc123".into()),
+            ),
+            (
+                Method::GET,
+                "/v1.41/exec/abc123/json",
+                Route::InspectExec("abc123".into()),
+            ),
             (Method::POST, "/v1.41/images/create", Route::PullImage),
             (Method::POST, "/v1.41/images/load", Route::LoadImage),
             (
@@ -189,6 +212,8 @@ mod tests {
             (Method::GET, "/"),
             (Method::GET, "/v1.41"),
             (Method::PUT, "/v1.41/volumes/x"),
+            (Method::GET, "/v1.41/containers/x/exec"),
+            (Method::POST, "/v1.41/exec/abc123/json"),
         ] {
             assert_eq!(route(&method, path), None, "{method} {path}");
         }

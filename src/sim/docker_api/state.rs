@@ -14,6 +14,7 @@ pub enum StateError {
     NoSuchContainer(String),
     NoSuchImage(String),
     NoSuchVolume(String),
+    NoSuchExec(String),
     NameInUse(String),
     /// Removing a running container without `force`, or a volume a container uses.
     Conflict(String),
@@ -24,7 +25,8 @@ impl StateError {
         match self {
             StateError::NoSuchContainer(_)
             | StateError::NoSuchImage(_)
-            | StateError::NoSuchVolume(_) => 404,
+            | StateError::NoSuchVolume(_)
+            | StateError::NoSuchExec(_) => 404,
             StateError::NameInUse(_) | StateError::Conflict(_) => 409,
         }
     }
@@ -35,6 +37,7 @@ impl StateError {
             StateError::NoSuchContainer(n) => format!("No such container: {n}"),
             StateError::NoSuchImage(n) => format!("No such image: {n}"),
             StateError::NoSuchVolume(n) => format!("get {n}: no such volume"),
+            StateError::NoSuchExec(id) => format!("No such exec instance: {id}"),
             StateError::NameInUse(n) => {
                 format!("Conflict. The container name \"/{n}\" is already in use")
             }
@@ -89,6 +92,8 @@ pub struct EngineState {
     /// Normalized reference → image ID.
     images: BTreeMap<String, String>,
     volumes: BTreeMap<String, Volume>,
+    /// Exec ID → the container it runs in (the deployer's startup probes).
+    execs: BTreeMap<String, String>,
     next_id: u64,
 }
 
@@ -223,6 +228,41 @@ impl EngineState {
 
     pub fn containers(&self) -> impl Iterator<Item = &Container> {
         self.containers.values()
+    }
+
+    /// An exec in a running container (Docker answers 409 for a stopped one).
+    pub fn create_exec(&mut self, key: &str) -> Result<String, StateError> {
+        let container = self.container(key)?;
+        if !container.running {
+            return Err(StateError::Conflict(format!(
+                "Container {} is not running",
+                container.id
+            )));
+        }
+        let name = container.name.clone();
+        let id = self.new_id(&format!("exec/{name}"));
+        self.execs.insert(id.clone(), name);
+        Ok(id)
+    }
+
+    /// A probe's exit code, decided when it is asked for: 0 once the container is healthy (or
+    /// runs without a healthcheck), 1 before; `NoSuchExec` for an unknown ID.
+    pub fn exec_exit_code(
+        &self,
+        id: &str,
+        now: SystemTime,
+        health_delay: Duration,
+    ) -> Result<i64, StateError> {
+        let name = self
+            .execs
+            .get(id)
+            .ok_or_else(|| StateError::NoSuchExec(id.to_string()))?;
+        let container = self.container(name)?;
+        Ok(match container.health(now, health_delay) {
+            HealthNow::Healthy => 0,
+            HealthNow::None if container.running => 0,
+            HealthNow::None | HealthNow::Starting => 1,
+        })
     }
 
     pub fn running_count(&self) -> usize {
@@ -488,6 +528,29 @@ mod tests {
         let plain = e.container("plain").expect("plain");
         assert_eq!(plain.health(t(20), DELAY), HealthNow::None);
         assert_eq!(plain.status_text(t(100), DELAY), "Up About a minute");
+    }
+
+    #[test]
+    fn a_probe_passes_once_the_container_is_healthy() {
+        let mut e = engine_with_image();
+        e.create(request("ks", "service", true), t(0))
+            .expect("create");
+        e.create(request("plain", "service", false), t(0))
+            .expect("create");
+        assert_eq!(e.create_exec("ks").map_err(|e| e.status()), Err(409));
+        e.start("ks", t(10)).expect("start");
+        e.start("plain", t(10)).expect("start");
+        let probe = e.create_exec("ks").expect("exec in a running container");
+        assert_eq!(e.exec_exit_code(&probe, t(11), DELAY), Ok(1));
+        assert_eq!(e.exec_exit_code(&probe, t(12), DELAY), Ok(0));
+        let plain = e.create_exec("plain").expect("exec");
+        assert_eq!(e.exec_exit_code(&plain, t(10), DELAY), Ok(0));
+        assert_eq!(
+            e.exec_exit_code("nope", t(12), DELAY)
+                .map_err(|e| e.status()),
+            Err(404)
+        );
+        assert_eq!(e.create_exec("absent").map_err(|e| e.status()), Err(404));
     }
 
     #[test]
