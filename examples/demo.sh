@@ -8,9 +8,9 @@
 # each node's Docker Engine over mutual TLS. The demo ends by asking every keystone for a token.
 # Then the lab is shown and removed (`kiln lab down`), leaving nothing behind.
 # First run on a fresh machine: ~3 min for the boot images, ~4 min for the container images
-# (all from Debian packages, cached under /var/cache/kiln-images), then 25-45 min for the demo
-# (the TCG VMs unpack ~900 MB of container images at under 1 MB/s, and Keystone's bootstrap
-# runs at emulated speed).
+# (all from Debian packages, cached under /var/cache/kiln-images), then ~22 min for the demo on
+# a quiet 2-core machine (measured: deploy-servers 1267 s), most of it the TCG VMs' dockerd
+# unpacking ~900 MB of container images at under 1 MB/s; up to 45 min on a loaded one.
 # KEEP=1 leaves the lab up (then: kiln reset --all …, kiln lab down --dir DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
