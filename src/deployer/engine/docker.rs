@@ -497,17 +497,11 @@ impl Engine for DockerEngine {
                 .inspect_exec(&exec.id)
                 .await
                 .map_err(|e| self.unreachable_or("probe", name, e))?;
-            if inspect.running != Some(true) {
-                return Ok(match inspect.exit_code {
-                    Some(0) => ProbeOutcome::Passed,
-                    Some(code) => ProbeOutcome::Failed(code),
-                    // Not started yet (an exec is created, then started asynchronously).
-                    None if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                    None => ProbeOutcome::TimedOut,
-                });
+            // No exit code while it runs, or before the engine has started it.
+            match (inspect.running, inspect.exit_code) {
+                (Some(true), _) | (_, None) => {}
+                (_, Some(0)) => return Ok(ProbeOutcome::Passed),
+                (_, Some(code)) => return Ok(ProbeOutcome::Failed(code)),
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(ProbeOutcome::TimedOut);

@@ -1,6 +1,7 @@
 //! A simulated Docker Engine on a node's address: the subset of the Engine API (v1.41) that
 //! Kiln's deployer calls through bollard — version/info, containers, images (pull, load, tag),
-//! volumes, archive upload, logs, exec (the startup probe) — over plain TCP or mutual TLS with the node's certificate.
+//! volumes, archive upload, logs, exec (the startup probe) — over plain TCP or mutual TLS with
+//! the node's certificate.
 //! Containers run nothing: a healthchecked container is "starting" for `health_delay` and then
 //! "healthy"; a bootstrap container (label `org.kiln.kind=bootstrap`) exits 0 after it; a pull
 //! takes `pull`. State lives in memory and is lost when the node is re-imaged.
