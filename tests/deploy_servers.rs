@@ -2,8 +2,12 @@
 //! (one BIOS, one UEFI): a deploy-servers run killed mid-imaging, then `kiln lab demo` finishing
 //! the job without re-imaging (power-off → containers healthy on both VMs, its check passing),
 //! then `kiln reset --all` re-imaging both and bringing their services back. Every run prints the
-//! per-node phase table; the test asserts on it. Services: the small busybox catalog
-//! (tests/catalog/dind), whose image is streamed to the nodes from a `docker save` archive.
+//! per-node phase table; the test asserts on it. Services: the built-in catalog's OpenStack slice
+//! that README command 1 deploys (mariadb on rack-01, memcached and keystone on both), from the
+//! Kolla-contract images (images/kolla), preloaded into the OS image the nodes get
+//! (`kiln image build os --name debian-12-kolla --preload`): the deployer finds each image on the
+//! node by content ID and tags it instead of streaming it, which the TCG VMs' dockerd would take
+//! ~15 minutes to unpack. The demo's check asks every keystone for a token.
 
 mod common;
 
@@ -13,7 +17,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
-const CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/catalog/dind");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const FILES_ROOT: &str = "/var/cache/kiln-images/files";
+const IMAGE: &str = "debian-12-kolla";
+const SERVICES: &str = "mariadb,memcached,keystone";
+/// What `kiln lab demo` writes, so deploy-servers and reset render the same containers.
+const GLOBALS: &str = "docker_registry: \"kiln.local:5000\"\nkeystone_api_workers: 1\n";
 
 fn run(command: &mut Command) -> (i32, String, String) {
     common::exit_and_text(&command.output().unwrap())
@@ -42,8 +51,8 @@ impl Rack {
             &self.path("globals.yaml"),
             "--passwords",
             &self.path("passwords.yaml"),
-            "--catalog",
-            CATALOG,
+            "--tags",
+            SERVICES,
             "--image-archives",
             self.archives.to_str().unwrap(),
         ]
@@ -72,24 +81,44 @@ impl Rack {
     }
 }
 
-/// The busybox image as a `docker save` archive named after the image (busybox.tar).
-fn busybox_archive(dir: &Path) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/images/dind/build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("images/dind/build.sh");
-    assert!(out.status.success(), "images/dind/build.sh failed");
-    let images = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let busybox = Path::new(&images).with_file_name("busybox.tar");
-    assert!(busybox.exists(), "{} missing", busybox.display());
+/// The slice's images as `docker save` archives (DIR/archives/keystone.tar, …), and the OS image
+/// with them preloaded in FILES_ROOT's catalog (both built once and cached).
+fn preloaded_image(dir: &Path) -> PathBuf {
+    let started = Instant::now();
     let archives = dir.join("archives");
-    std::fs::create_dir_all(&archives).unwrap();
-    std::os::unix::fs::symlink(&busybox, archives.join("busybox.tar")).unwrap();
+    let status = Command::new("bash")
+        .arg(format!("{REPO}/images/kolla/export.sh"))
+        .arg(&archives)
+        .arg("mariadb-server,memcached,keystone")
+        .stdout(Stdio::null())
+        .status()
+        .expect("images/kolla/export.sh");
+    assert!(status.success(), "images/kolla/export.sh failed");
+    let status = Command::new(KILN)
+        .args([
+            "image",
+            "build",
+            "os",
+            "--files-root",
+            FILES_ROOT,
+            "--recipes",
+        ])
+        .arg(format!("{REPO}/images"))
+        .args(["--name", IMAGE, "--preload"])
+        .arg(&archives)
+        .stdout(Stdio::null())
+        .status()
+        .expect("kiln image build os");
+    assert!(status.success(), "kiln image build os --preload failed");
+    eprintln!(
+        "archives and {IMAGE} ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     archives
 }
 
-/// Rows of the phase table: node → (healthy services, result).
+/// Rows of the phase table: node → (healthy services, result). Every node's SERVICES cell (from
+/// its handoff to its last service ready) must be a duration.
 fn phase_table(stdout: &str) -> Vec<(String, String, String)> {
     stdout
         .lines()
@@ -97,6 +126,10 @@ fn phase_table(stdout: &str) -> Vec<(String, String, String)> {
         .map(|l| {
             let cells: Vec<String> = l.split('|').map(|c| c.trim().to_string()).collect();
             // | NODE | VERIFIED AT | PROVISION | ACTIVE AT | SERVICES | HEALTHY SERVICES | RESULT |
+            let services_s = cells[5]
+                .strip_suffix(" s")
+                .and_then(|n| n.parse::<u64>().ok());
+            assert!(services_s.is_some(), "SERVICES cell {:?} in {l}", cells[5]);
             (cells[1].clone(), cells[6].clone(), cells[7].clone())
         })
         .collect()
@@ -107,29 +140,50 @@ fn assert_rack_healthy(stdout: &str) {
     assert_eq!(
         rows,
         vec![
-            ("rack-01".into(), "store,web".into(), "ok".into()),
-            ("rack-02".into(), "store,web,worker".into(), "ok".into()),
+            (
+                "rack-01".into(),
+                "keystone,mariadb,memcached".into(),
+                "ok".into()
+            ),
+            ("rack-02".into(), "keystone,memcached".into(), "ok".into()),
         ],
         "phase table:\n{stdout}"
     );
 }
 
+/// Every image the slice needs was found on its node: 3 on rack-01, 2 on rack-02.
+fn assert_preloaded_images_were_tagged_not_streamed(log: &str) {
+    let tagged = log
+        .lines()
+        .filter(|l| l.contains("(preloaded, same content ID): tagged, not loaded"))
+        .count();
+    assert_eq!(tagged, 5, "images tagged, not loaded:\n{log}");
+}
+
 #[test]
 fn interrupted_deploy_servers_then_lab_demo_then_reset() {
     let lab = RackLab::new("kiln-ds-", "kds");
-    let archives = busybox_archive(lab.parent.path());
+    let archives = preloaded_image(lab.parent.path());
     let rack = Rack { lab, archives };
     let (code, out, err) = run(Command::new(KILN)
         .args([
-            "lab", "up", "--nodes", "2", "--uefi", "1", "--name", &rack.name, "--dir",
+            "lab",
+            "up",
+            "--nodes",
+            "2",
+            "--uefi",
+            "1",
+            "--image",
+            IMAGE,
+            "--files-root",
+            FILES_ROOT,
+            "--name",
+            &rack.name,
+            "--dir",
         ])
         .arg(&rack.dir));
     assert_eq!(code, 0, "lab up: {out}{err}");
-    std::fs::write(
-        rack.path("globals.yaml"),
-        "docker_registry: \"kiln.local:5000\"\n",
-    )
-    .unwrap();
+    std::fs::write(rack.path("globals.yaml"), GLOBALS).unwrap();
 
     // 1. deploy-servers, killed while the nodes are being imaged.
     let log = rack.dir.join("interrupted.log");
@@ -171,13 +225,7 @@ fn interrupted_deploy_servers_then_lab_demo_then_reset() {
     let (code, out, err) = run(Command::new(KILN)
         .args(["lab", "demo", "--name", &rack.name, "--dir"])
         .arg(&rack.dir)
-        .args([
-            "--services",
-            "store,web,worker",
-            "--catalog",
-            CATALOG,
-            "--image-archives",
-        ])
+        .args(["--services", SERVICES, "--image-archives"])
         .arg(&rack.archives));
     eprintln!(
         "lab demo: {:.0} s\n{out}\n{err}",
@@ -186,6 +234,13 @@ fn interrupted_deploy_servers_then_lab_demo_then_reset() {
     assert_eq!(code, 0, "lab demo failed");
     assert!(out.contains("lab demo passed"), "{out}");
     assert!(out.contains("check all nodes: services:"), "{out}");
+    for address in ["10.66.0.11", "10.66.0.12"] {
+        assert!(
+            out.contains(&format!("check {address}: keystone issued a token")),
+            "{out}"
+        );
+    }
+    assert_preloaded_images_were_tagged_not_streamed(&err);
     assert_rack_healthy(&out);
     for node in ["rack-01", "rack-02"] {
         assert_eq!(rack.imagings(node), 1, "{node} imaged exactly once");
@@ -202,6 +257,7 @@ fn interrupted_deploy_servers_then_lab_demo_then_reset() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(code, 0, "reset failed");
+    assert_preloaded_images_were_tagged_not_streamed(&err);
     assert_rack_healthy(&out);
     for node in ["rack-01", "rack-02"] {
         assert_eq!(rack.imagings(node), 2, "{node} re-imaged by reset");

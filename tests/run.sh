@@ -32,11 +32,7 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v zstd >/dev/null || need+=(zstd)
 command -v cpio >/dev/null || need+=(cpio)
 command -v strip >/dev/null || need+=(binutils)
-# qemu-utils with qemu-system-x86 whenever that is installed: apt may remove a qemu-utils from
-# another suite (backports) to install Debian's qemu-system-x86, as it did on a fresh machine.
-if ! command -v qemu-img >/dev/null || [[ " ${need[*]} " == *" qemu-system-x86 "* ]]; then
-    need+=(qemu-utils)
-fi
+command -v qemu-img >/dev/null || need+=(qemu-utils)
 # Container deployer tests: a real dockerd (Debian's 20.10; another docker client may sit earlier
 # on PATH, so check the daemon's path), docker-in-docker nodes and a local registry.
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
@@ -54,6 +50,12 @@ if ((${#need[@]})); then
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # A qemu-utils from another suite (backports) breaks Debian's qemu-system-x86, so apt removes
+    # it to install that (as on a fresh machine here); naming it in the same install would fail
+    # instead. Install Debian's qemu-utils afterwards when qemu-img went with it.
+    if ! command -v qemu-img >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+    fi
     [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 

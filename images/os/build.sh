@@ -1,12 +1,20 @@
 #!/bin/bash
 # Build Kiln's Debian 12 (bookworm) OS image, offline from Debian packages:
 #
-#   images/os/build.sh OUT_DIR
+#   images/os/build.sh OUT_DIR [--name NAME --preload ARCHIVE_DIR]
 #
 # Writes OUT_DIR/debian-12.raw.zst (zstd -3 of a raw disk image: msdos label, p1 64 MiB FAT32
 # ESP, p2 ext4 root; GRUB for BIOS and UEFI), OUT_DIR/debian-12.raw.zst.sha256 and
 # OUT_DIR/debian-12.json (Kiln's image record). See images/README.md for the config-drive
 # contract (kiln-firstboot) and what is in the image.
+#
+# --preload ARCHIVE_DIR (with --name, e.g. debian-12-kolla): every `docker save` archive in
+# ARCHIVE_DIR (*.tar, the directory `kiln deploy-servers --image-archives` takes) is loaded into
+# the image's /var/lib/docker at build time, by a throwaway dockerd on this machine (in a network
+# namespace of its own), so nodes boot with those images present: the deployer finds each one by
+# its content ID and only tags it, instead of streaming it to the node for that node's dockerd
+# to unpack (the slow part on small or emulated machines). The outputs are then NAME.raw.zst,
+# NAME.raw.zst.sha256 and NAME.json, and the archives' content is part of the cache key.
 #
 # Caching: the build is skipped when OUT_DIR holds outputs built from the same recipe (every file
 # under images/os/, the mirrors, the size). The debootstrap result is kept as a tarball and the
@@ -19,15 +27,31 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ $# -ne 1 ]; then
-    echo "usage: $0 OUT_DIR" >&2
+usage() {
+    echo "usage: $0 OUT_DIR [--name NAME --preload ARCHIVE_DIR]" >&2
+    exit 2
+}
+[ $# -ge 1 ] || usage
+out="$1"
+shift
+name=debian-12
+preload=
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --name) [ $# -ge 2 ] || usage; name="$2"; shift 2 ;;
+    --preload) [ $# -ge 2 ] || usage; preload="$2"; shift 2 ;;
+    *) usage ;;
+    esac
+done
+case "$name" in '' | *[!a-z0-9._-]*) echo "os-image: error: --name must match [a-z0-9._-]+" >&2; exit 2 ;; esac
+if [ -n "$preload" ] && [ "$name" = debian-12 ]; then
+    echo "os-image: error: --preload needs --name (plain debian-12 carries no container images)" >&2
     exit 2
 fi
-out="$1"
-name=debian-12
 suite=bookworm
 cache="${KILN_IMAGES_CACHE:-/var/cache/kiln-images}"
-raw_mib="${KILN_OS_RAW_MIB:-3072}"
+# A preloaded image needs room for the unpacked container images (~1 GiB for the OpenStack slice).
+raw_mib="${KILN_OS_RAW_MIB:-$([ -n "$preload" ] && echo 4096 || echo 3072)}"
 esp_mib=64
 # console=ttyS0 last: it becomes /dev/console, so systemd's and kiln-firstboot's messages reach
 # the serial port (what a BMC's serial-over-LAN and the tests read); the kernel logs to both.
@@ -50,6 +74,14 @@ phase_done() {
 for tool in debootstrap chroot mount umount findmnt mkfs.ext4 mkfs.vfat mmd mcopy sfdisk zstd tar sha256sum awk; do
     command -v "$tool" >/dev/null || die "$tool not found (see images/README.md for the host packages)"
 done
+preload_archives=()
+if [ -n "$preload" ]; then
+    [ -d "$preload" ] || die "--preload $preload: no such directory"
+    [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || die "--preload needs docker.io on this machine"
+    command -v nsenter >/dev/null || die "nsenter not found (util-linux)"
+    mapfile -t preload_archives < <(find -L "$preload" -maxdepth 1 -type f -name '*.tar' | LC_ALL=C sort)
+    ((${#preload_archives[@]})) || die "--preload $preload: no *.tar archives there"
+fi
 case "$raw_mib" in '' | *[!0-9]*) die "KILN_OS_RAW_MIB must be a number of MiB" ;; esac
 [ "$raw_mib" -ge 2048 ] || die "KILN_OS_RAW_MIB=$raw_mib is too small (the root needs ~1.3 GiB)"
 
@@ -99,6 +131,10 @@ recipe_hash="$(
         (cd "$here" && find . -type f ! -name '*~' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
         echo "mirror $mirror updates $updates security $security suite $suite"
         echo "raw_mib $raw_mib esp_mib $esp_mib"
+        # Preloaded archives by content (symlinks followed): a rebuilt container image rebuilds.
+        for archive in "${preload_archives[@]}"; do
+            echo "preload $(basename "$archive") $(sha256sum <"$archive" | cut -d' ' -f1)"
+        done
     } | sha256sum | cut -d' ' -f1
 )"
 mkdir -p "$out"
@@ -109,13 +145,16 @@ if [ "${KILN_FORCE:-0}" != 1 ] && [ -s "$out/$name.raw.zst" ] && [ -s "$out/$nam
     log "up to date: $out/$name.raw.zst was built from the same recipe (${recipe_hash:0:12}); nothing to do"
     exit 0
 fi
-log "building $name into $out (mirror $mirror, security ${security:-none}, raw ${raw_mib} MiB)"
+log "building $name into $out (mirror $mirror, security ${security:-none}, raw ${raw_mib} MiB${preload:+, ${#preload_archives[@]} container images preloaded})"
 
 mkdir -p "$cache/apt-archives/partial"
 work="$(mktemp -d /var/tmp/kiln-os.XXXXXX)"
 root="$work/root"
 mkdir -p "$root"
 
+dockerd_pid=
+preload_ns=
+preload_exec_root=
 mounts=()
 mount_in() { # mount_in ARGS... TARGET (the target is recorded for unmounting)
     mkdir -p "${!#}"
@@ -129,7 +168,28 @@ unmount_all() {
     done
     mounts=()
 }
+stop_preload_dockerd() {
+    if [ -n "$dockerd_pid" ]; then
+        kill "$dockerd_pid" 2>/dev/null || true
+        for _ in $(seq 150); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$dockerd_pid" 2>/dev/null || true
+        dockerd_pid=
+    fi
+    if [ -n "$preload_exec_root" ]; then
+        # A containerd that dockerd started outlives a dockerd killed hard.
+        pkill -9 -f "$preload_exec_root" 2>/dev/null || true
+        { grep -o " $work/[^ ]*\| $preload_exec_root[^ ]*" /proc/mounts || true; } | sort -r |
+            while read -r m; do umount -l "$m" 2>/dev/null || true; done
+        rm -rf "$preload_exec_root"
+        preload_exec_root=
+    fi
+    if [ -n "$preload_ns" ]; then
+        ip netns del "$preload_ns" 2>/dev/null || true
+        preload_ns=
+    fi
+}
 cleanup() {
+    stop_preload_dockerd
     unmount_all
     # Never delete through a mount point that is still there (host /dev/pts, the apt cache).
     if findmnt -rn -o TARGET | grep -q "^$work/"; then
@@ -289,6 +349,47 @@ find "$root/var/log" -type f -delete
 rm -rf "$root"/tmp/* "$root"/tmp/.[!.]* "$root"/var/tmp/* "$root"/root/.bash_history
 rootfs_bytes="$(du -sb "$root" | cut -f1)"
 phase_done "configure (root filesystem $((rootfs_bytes / 1048576)) MiB)"
+
+# --- phase 3b: preloaded container images (--preload) -----------------------------------------------
+if ((${#preload_archives[@]})); then
+    # The image's Docker Engine is Debian's docker.io, as on this machine: the same overlay2 layout.
+    preload_ns="kiln-os-preload-$$"
+    preload_exec_root="/run/kiln-os-preload-$$"
+    sock="unix://$preload_exec_root/docker.sock"
+    mkdir -p "$root/var/lib/docker" "$preload_exec_root"
+    chmod 0710 "$root/var/lib/docker"
+    printf '%s\n' "{" \
+        "  \"data-root\": \"$root/var/lib/docker\"," \
+        "  \"exec-root\": \"$preload_exec_root\"," \
+        "  \"pidfile\": \"$preload_exec_root/dockerd.pid\"," \
+        "  \"hosts\": [\"$sock\"]," \
+        "  \"bridge\": \"none\", \"iptables\": false, \"ip6tables\": false," \
+        "  \"ip-forward\": false, \"ip-masq\": false, \"storage-driver\": \"overlay2\"" \
+        "}" >"$work/daemon.json"
+    ip netns add "$preload_ns"
+    # nsenter, not "ip netns exec" (which remounts /sys and breaks dockerd's cgroup mounts).
+    setsid nsenter --net="/run/netns/$preload_ns" /usr/sbin/dockerd --config-file "$work/daemon.json" \
+        >"$work/dockerd.log" 2>&1 </dev/null &
+    dockerd_pid=$!
+    for _ in $(seq 150); do
+        /usr/bin/docker -H "$sock" version >/dev/null 2>&1 && break
+        kill -0 "$dockerd_pid" 2>/dev/null || {
+            tail -n 20 "$work/dockerd.log" >&2
+            die "the preload dockerd exited"
+        }
+        sleep 0.2
+    done
+    /usr/bin/docker -H "$sock" version >/dev/null 2>&1 || die "the preload dockerd did not answer"
+    for archive in "${preload_archives[@]}"; do
+        /usr/bin/docker -H "$sock" load -q -i "$archive" >&2 || die "docker load $archive failed"
+    done
+    stop_preload_dockerd
+    # Only the images and their layers: each node's dockerd makes its own networks, containerd
+    # state and engine ID.
+    find "$root/var/lib/docker" -mindepth 1 -maxdepth 1 ! -name image ! -name overlay2 -exec rm -rf {} +
+    preload_bytes="$(du -sb "$root/var/lib/docker" | cut -f1)"
+    phase_done "preload (${#preload_archives[@]} container images, $((preload_bytes / 1048576)) MiB in /var/lib/docker)"
+fi
 
 # --- phase 4: disk image --------------------------------------------------------------------------------------
 raw="$work/$name.raw"

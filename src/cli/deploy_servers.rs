@@ -212,11 +212,13 @@ fn report_table(
                     .map(|r| r.service.as_str())
                     .collect();
                 let failed = outcome.failures.iter().any(|f| &f.host == name);
-                let seconds = mine.iter().map(|r| r.seconds).fold(0.0, f64::max);
+                // From the node's handoff (active) to its last service ready: both clocks start
+                // with the pipeline.
+                let last = mine.iter().map(|r| r.finished_s).reduce(f64::max);
                 (
                     healthy.into_iter().collect::<Vec<_>>().join(","),
                     failed,
-                    Some(seconds),
+                    span(t.active_s, last),
                 )
             }
             None => (String::new(), false, None),
@@ -262,7 +264,7 @@ fn report_table(
         "VERIFIED AT",
         "PROVISION (→ active)",
         "ACTIVE AT",
-        "SERVICES",
+        "SERVICES (active → ready)",
         "HEALTHY SERVICES",
         "RESULT",
     ]);

@@ -29,6 +29,13 @@ pub enum ImageCommand {
         /// kiln-agent binary for the ramdisk (default: the one next to this binary).
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// OS image only: the catalog name (default debian-12; required with --preload).
+        #[arg(long)]
+        name: Option<String>,
+        /// OS image only: load every `docker save` archive in DIR (the `--image-archives`
+        /// directory) into the image's Docker Engine at build time, so nodes boot with them.
+        #[arg(long, value_name = "DIR", requires = "name")]
+        preload: Option<PathBuf>,
     },
     /// Convert a qcow2 or raw image into the catalog as NAME (qemu-img, zstd).
     Import {
@@ -62,7 +69,12 @@ pub fn run(command: ImageCommand, files_root: &Path, json: bool) -> Result<()> {
             target,
             recipes,
             agent,
+            name,
+            preload,
         } => {
+            if target == BuildTarget::Ramdisk && (name.is_some() || preload.is_some()) {
+                bail!("--name and --preload are for `kiln image build os`");
+            }
             let recipes = find_recipes(recipes)?;
             let status = match target {
                 BuildTarget::Ramdisk => {
@@ -76,10 +88,17 @@ pub fn run(command: ImageCommand, files_root: &Path, json: bool) -> Result<()> {
                         .arg(agent)
                         .status()
                 }
-                BuildTarget::Os => Command::new("bash")
-                    .arg(recipes.join("os/build.sh"))
-                    .arg(&catalog)
-                    .status(),
+                BuildTarget::Os => {
+                    let mut command = Command::new("bash");
+                    command.arg(recipes.join("os/build.sh")).arg(&catalog);
+                    if let Some(name) = &name {
+                        command.arg("--name").arg(name);
+                    }
+                    if let Some(dir) = &preload {
+                        command.arg("--preload").arg(dir);
+                    }
+                    command.status()
+                }
             }
             .context("cannot run the image recipe")?;
             if !status.success() {

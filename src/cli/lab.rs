@@ -29,6 +29,11 @@ pub enum LabCommand {
         /// Where the deploy ramdisk and the Debian image are (`kiln image build --files-root`).
         #[arg(long, env = "KILN_FILES_ROOT", default_value = lab::DEFAULT_FILES_ROOT)]
         files_root: PathBuf,
+        /// The nodes' OS image, a catalog name in FILES_ROOT/images: `debian-12`, or one built
+        /// with the services' container images preloaded (`kiln image build os --name
+        /// debian-12-kolla --preload DIR`), which spares each node unpacking them.
+        #[arg(long, default_value = lab::plan::IMAGE)]
+        image: String,
         /// Run `kiln image build ramdisk` and `kiln image build os` first (cached; ~3 min the
         /// first time).
         #[arg(long)]
@@ -64,6 +69,9 @@ pub enum LabCommand {
         disk_gb: u32,
         #[arg(long, env = "KILN_FILES_ROOT", default_value = lab::DEFAULT_FILES_ROOT)]
         files_root: PathBuf,
+        /// The nodes' OS image (see `lab up --image`).
+        #[arg(long, default_value = lab::plan::IMAGE)]
+        image: String,
         #[arg(long)]
         build_images: bool,
         /// Services to deploy (comma-separated catalog names).
@@ -119,6 +127,7 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
             memory_mb,
             disk_gb,
             files_root,
+            image,
             build_images,
             sim,
             sim_timing,
@@ -131,6 +140,7 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
                 memory_mb,
                 disk_gb,
                 files_root,
+                image,
                 build_images,
                 kiln: std::env::current_exe().context("cannot find this binary")?,
                 sim,
@@ -151,6 +161,7 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
             memory_mb,
             disk_gb,
             files_root,
+            image,
             build_images,
             services,
             catalog,
@@ -165,6 +176,7 @@ fn run_blocking(command: LabCommand, json: bool) -> Result<ExitCode> {
                     memory_mb,
                     disk_gb,
                     files_root,
+                    image,
                     build_images,
                     kiln: std::env::current_exe().context("cannot find this binary")?,
                     sim: false,

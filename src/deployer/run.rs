@@ -3,7 +3,7 @@
 //! healthy; within a service all hosts move at once (or in `serial` batches); nothing that is
 //! already as desired is touched.
 
-use super::engine::{Engine, EngineError, ProbeOutcome};
+use super::engine::{ArchiveLoad, Engine, EngineError, ProbeOutcome};
 use super::plan::{
     Action, BootstrapAction, Mode, Observed, Readiness, bootstrap_action, container_action,
     readiness,
@@ -57,6 +57,9 @@ pub struct Row {
     pub action: String,
     pub result: String,
     pub seconds: f64,
+    /// When the row was recorded, in seconds since the run started (deploy-servers: since the
+    /// pipeline started, the clock its node phases use).
+    pub finished_s: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -599,6 +602,7 @@ async fn converge_host(
                 action: action.verb().to_string(),
                 result,
                 seconds,
+                finished_s: context.started.elapsed().as_secs_f64(),
             }),
             Err(reason) => {
                 context.event(host, &spec.service, &spec.name, format!("FAILED: {reason}"));
@@ -609,6 +613,7 @@ async fn converge_host(
                     action: action.verb().to_string(),
                     result: "failed".into(),
                     seconds,
+                    finished_s: context.started.elapsed().as_secs_f64(),
                 });
                 let logs = engine.logs_tail(&spec.name, 15).await.unwrap_or_default();
                 return (
@@ -686,7 +691,18 @@ async fn ensure_image(
             &spec.name,
             format!("loading {}", archive.display()),
         );
-        return engine.load_archive(&archive, &spec.image).await;
+        if engine.load_archive(&archive, &spec.image).await? == ArchiveLoad::AlreadyPresent {
+            context.event(
+                host,
+                &spec.service,
+                &spec.name,
+                format!(
+                    "{} already on the engine (preloaded, same content ID): tagged, not loaded",
+                    archive.display()
+                ),
+            );
+        }
+        return Ok(());
     }
     context.event(
         host,
@@ -819,9 +835,14 @@ async fn run_bootstrap(
     let started = Instant::now();
     let action = bootstrap_action(spec, observed, force);
     if action == BootstrapAction::Skip {
-        result
-            .rows
-            .push(row(host, spec, "bootstrap", "done before", started));
+        result.rows.push(row(
+            context,
+            host,
+            spec,
+            "bootstrap",
+            "done before",
+            started,
+        ));
         return Ok(());
     }
     let run = async {
@@ -839,21 +860,28 @@ async fn run_bootstrap(
             context.event(host, &spec.service, &spec.name, "bootstrap done");
             result
                 .rows
-                .push(row(host, spec, "bootstrap", "exited 0", started));
+                .push(row(context, host, spec, "bootstrap", "exited 0", started));
             Ok(())
         }
         Ok(code) => {
             let logs = engine.logs_tail(&spec.name, 15).await.unwrap_or_default();
             result
                 .rows
-                .push(row(host, spec, "bootstrap", "failed", started));
+                .push(row(context, host, spec, "bootstrap", "failed", started));
             Err(failure(format!("bootstrap exited with code {code}"), logs))
         }
         Err(err) => Err(failure(err.to_string(), Vec::new())),
     }
 }
 
-fn row(host: &str, spec: &ContainerSpec, action: &str, result: &str, started: Instant) -> Row {
+fn row(
+    context: &Context,
+    host: &str,
+    spec: &ContainerSpec,
+    action: &str,
+    result: &str,
+    started: Instant,
+) -> Row {
     Row {
         host: host.to_string(),
         service: spec.service.clone(),
@@ -861,6 +889,7 @@ fn row(host: &str, spec: &ContainerSpec, action: &str, result: &str, started: In
         action: action.to_string(),
         result: result.to_string(),
         seconds: started.elapsed().as_secs_f64(),
+        finished_s: context.started.elapsed().as_secs_f64(),
     }
 }
 
@@ -906,6 +935,7 @@ async fn pull_all(
                     action: "pull".into(),
                     result: "pulled".into(),
                     seconds: started.elapsed().as_secs_f64(),
+                    finished_s: context.started.elapsed().as_secs_f64(),
                 });
                 if let Some(id) = id {
                     pulled.insert((host.clone(), image.clone()), id);
@@ -984,6 +1014,7 @@ async fn teardown(
                                 action: if destroy { "destroy" } else { "stop" }.into(),
                                 result: verb.into(),
                                 seconds: started.elapsed().as_secs_f64(),
+                                finished_s: context.started.elapsed().as_secs_f64(),
                             });
                         }
                         Err(err) => failures.push(Failure {
@@ -1006,6 +1037,7 @@ async fn teardown(
                                     action: "destroy".into(),
                                     result: "removed".into(),
                                     seconds: 0.0,
+                                    finished_s: context.started.elapsed().as_secs_f64(),
                                 });
                             }
                         }

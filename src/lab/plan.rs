@@ -130,15 +130,15 @@ pub fn vbmc_config(dir: &Path, vms: &[LabVm], password: &str, memory_mb: u32) ->
 }
 
 /// The rack inventory for `kiln enroll` (format: examples/rack.yaml): every node behind the
-/// vbmc's Redfish service, with a static address on the lab bridge and the Debian image.
-pub fn rack_inventory(vms: &[LabVm], password: &str, ssh_key: Option<&str>) -> String {
+/// vbmc's Redfish service, with a static address on the lab bridge and `image` (a catalog name).
+pub fn rack_inventory(vms: &[LabVm], image: &str, password: &str, ssh_key: Option<&str>) -> String {
     let mut out = format!(
         "# Written by `kiln lab up`: the lab's VMs as a Kiln rack. Enroll it from inside the lab's\n\
          # namespace (`ip netns exec NAME kiln --data-dir DIR/data enroll DIR/rack.yaml`).\n\
          version: 1\n\
          defaults:\n\
          \x20 bmc: {{kind: redfish, address: \"http://{REDFISH_LISTEN}\", username: {BMC_USERNAME}, password: {}}}\n\
-         \x20 image: {{source: {IMAGE}}}\n\
+         \x20 image: {{source: {image}}}\n\
          \x20 network: {{prefix: {PREFIX}}}\n",
         quote(password),
     );
@@ -263,7 +263,7 @@ mod tests {
     fn the_rack_inventory_validates_and_matches_the_plan() {
         let plan = vms(2, None).unwrap();
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKilnLabTestKey0000000000000000000000 lab\n";
-        let text = rack_inventory(&plan, "s3cret: 'x'", Some(key));
+        let text = rack_inventory(&plan, IMAGE, "s3cret: 'x'", Some(key));
         let inventory = crate::inventory::parse("rack.yaml", &text).unwrap();
         assert_eq!(inventory.nodes.len(), 2);
         for (node, vm) in inventory.nodes.iter().zip(&plan) {
@@ -287,8 +287,14 @@ mod tests {
         }
         assert_eq!(inventory.nodes[0].roles, [Role::Control, Role::Network]);
         assert_eq!(inventory.nodes[1].roles, [Role::Control, Role::Compute]);
-        let without_key = rack_inventory(&plan, "x", None);
+        let without_key = rack_inventory(&plan, "debian-12-kolla", "x", None);
         let inventory = crate::inventory::parse("rack.yaml", &without_key).unwrap();
         assert!(inventory.nodes.iter().all(|n| n.ssh_keys.is_empty()));
+        assert!(
+            inventory
+                .nodes
+                .iter()
+                .all(|n| n.image.as_ref().unwrap().source == "debian-12-kolla")
+        );
     }
 }

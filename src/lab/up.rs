@@ -21,6 +21,10 @@ pub struct UpOptions {
     pub memory_mb: u32,
     pub disk_gb: u32,
     pub files_root: PathBuf,
+    /// The OS image the nodes get (a catalog name under FILES_ROOT/images): `debian-12`, or one
+    /// built with container images preloaded (`kiln image build os --name N --preload DIR`).
+    /// The simulator always uses its own small `debian-12`.
+    pub image: String,
     /// Run `kiln image build ramdisk` and `kiln image build os` first.
     pub build_images: bool,
     /// The kiln binary the lab runs (`serve`, `vbmc`, `sim`, `image build`).
@@ -48,8 +52,8 @@ pub struct Lab {
 }
 
 /// Files the lab's daemon serves, and the `kiln image build` target that makes each.
-fn missing_images(files_root: &Path) -> Vec<(&'static str, PathBuf)> {
-    let image = format!("images/{}.raw.zst", plan::IMAGE);
+fn missing_images(files_root: &Path, image: &str) -> Vec<(&'static str, PathBuf)> {
+    let image = format!("images/{image}.raw.zst");
     [
         ("ramdisk", "deploy/vmlinuz"),
         ("ramdisk", "deploy/initramfs.gz"),
@@ -127,7 +131,7 @@ pub fn up(options: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<Lab, La
     let missing = if options.sim {
         Vec::new()
     } else {
-        missing_images(&files_root)
+        missing_images(&files_root, &options.image)
     };
     if !missing.is_empty() {
         let mut targets: Vec<&str> = missing.iter().map(|(target, _)| *target).collect();
@@ -142,8 +146,13 @@ pub fn up(options: &UpOptions, progress: &mut dyn FnMut(&str)) -> Result<Lab, La
             commands: targets
                 .iter()
                 .map(|t| {
+                    let variant = if *t == "os" && options.image != plan::IMAGE {
+                        format!(" --name {} --preload ARCHIVE_DIR", options.image)
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "  kiln image build {t} --files-root {}\n",
+                        "  kiln image build {t}{variant} --files-root {}\n",
                         files_root.display()
                     )
                 })
@@ -189,6 +198,11 @@ fn build(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Lab, LabError> {
     let name = &record.name;
+    let image = if options.sim {
+        plan::IMAGE // the simulator serves its own small image under that name
+    } else {
+        options.image.as_str()
+    };
     progress(&format!(
         "namespace {name}: bridge {} {}/{}, {} taps",
         plan::BRIDGE,
@@ -222,7 +236,7 @@ fn build(
     let rack = dir.join(RACK);
     write_file(
         &rack,
-        &plan::rack_inventory(&vms, &password, public.as_deref()),
+        &plan::rack_inventory(&vms, image, &password, public.as_deref()),
         0o600,
     )?;
     let data_dir = dir.join("data");

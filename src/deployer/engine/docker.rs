@@ -5,7 +5,7 @@
 mod disk_probe;
 
 use super::ssh_tunnel::SshTunnel;
-use super::{DiskFree, Engine, EngineError, EngineInfo, ProbeOutcome};
+use super::{ArchiveLoad, DiskFree, Engine, EngineError, EngineInfo, ProbeOutcome};
 use crate::deployer::hosts::{Endpoint, TlsSource};
 use crate::deployer::plan::{Health, Observed, RunState};
 use crate::deployer::spec::{ContainerSpec, LABEL_MANAGED};
@@ -114,6 +114,19 @@ impl DockerEngine {
         })
     }
 
+    /// Tags `source` (a reference or an image ID) as `image`.
+    async fn tag(&self, source: &str, image: &str) -> Result<(), EngineError> {
+        let (repo, tag) = split_tag(image);
+        let options = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+        };
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(|e| self.unreachable_or("tag", image, e))
+    }
+
     fn unreachable_or(
         &self,
         operation: &'static str,
@@ -158,22 +171,44 @@ fn ensure_deployer_client(dir: &Path) -> Result<(), String> {
         .map_err(|err| format!("Kiln's CA in {}: {err}", dir.display()))
 }
 
-/// `RepoTags` of a `docker save` archive (its manifest.json).
-fn archive_tags(archive: &Path) -> std::io::Result<Vec<String>> {
+/// What a `docker save` archive's manifest.json says about its (first) image.
+#[derive(Debug, Default, PartialEq)]
+struct ArchiveManifest {
+    /// The image's content ID ("sha256:…"), from its config blob's name.
+    image_id: Option<String>,
+    tags: Vec<String>,
+}
+
+fn archive_manifest(archive: &Path) -> std::io::Result<ArchiveManifest> {
     let file = std::fs::File::open(archive)?;
     let mut tar = tar::Archive::new(std::io::BufReader::new(file));
     for entry in tar.entries()? {
         let mut entry = entry?;
         if entry.path()?.to_str() == Some("manifest.json") {
             let manifest: Vec<serde_json::Value> = serde_json::from_reader(&mut entry)?;
-            return Ok(manifest
-                .iter()
-                .flat_map(|m| m["RepoTags"].as_array().cloned().unwrap_or_default())
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect());
+            return Ok(ArchiveManifest {
+                image_id: manifest
+                    .first()
+                    .and_then(|m| m["Config"].as_str())
+                    .and_then(image_id_of_config),
+                tags: manifest
+                    .iter()
+                    .flat_map(|m| m["RepoTags"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect(),
+            });
         }
     }
-    Ok(Vec::new())
+    Ok(ArchiveManifest::default())
+}
+
+/// A manifest's `Config` ("HEX.json" from Docker 20.10, "blobs/sha256/HEX" from newer engines)
+/// → the image ID "sha256:HEX".
+fn image_id_of_config(config: &str) -> Option<String> {
+    let name = config.rsplit('/').next()?;
+    let hex = name.strip_suffix(".json").unwrap_or(name);
+    let is_digest = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    is_digest.then(|| format!("sha256:{hex}"))
 }
 
 /// "reg:5000/kolla/keystone:tag" → "kolla/keystone:tag" (the part after the registry host).
@@ -336,9 +371,15 @@ impl Engine for DockerEngine {
         Ok(())
     }
 
-    async fn load_archive(&self, archive: &Path, image: &str) -> Result<(), EngineError> {
-        let tags =
-            archive_tags(archive).map_err(|e| EngineError::failed("read archive", image, e))?;
+    async fn load_archive(&self, archive: &Path, image: &str) -> Result<ArchiveLoad, EngineError> {
+        let manifest =
+            archive_manifest(archive).map_err(|e| EngineError::failed("read archive", image, e))?;
+        if let Some(id) = &manifest.image_id
+            && self.image_id(id).await?.is_some()
+        {
+            self.tag(id, image).await?;
+            return Ok(ArchiveLoad::AlreadyPresent);
+        }
         let file = tokio::fs::File::open(archive)
             .await
             .map_err(|e| EngineError::failed("open archive", image, e))?;
@@ -355,24 +396,19 @@ impl Engine for DockerEngine {
             }
         }
         if self.image_id(image).await?.is_some() {
-            return Ok(());
+            return Ok(ArchiveLoad::Streamed);
         }
         // The archive names the image without our registry: tag the one whose path matches.
         let wanted = image_path(image);
-        let source = tags
+        let source = manifest
+            .tags
             .iter()
             .find(|t| image_path(t) == wanted)
-            .or(tags.first())
+            .or(manifest.tags.first())
+            .or(manifest.image_id.as_ref())
             .ok_or_else(|| EngineError::failed("load", image, "the archive has no tagged image"))?;
-        let (repo, tag) = split_tag(image);
-        let options = bollard::query_parameters::TagImageOptions {
-            repo: Some(repo.to_string()),
-            tag: Some(tag.to_string()),
-        };
-        self.docker
-            .tag_image(source, Some(options))
-            .await
-            .map_err(|e| self.unreachable_or("tag", image, e))
+        self.tag(source, image).await?;
+        Ok(ArchiveLoad::Streamed)
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError> {
@@ -716,6 +752,47 @@ mod tests {
         assert_eq!(
             parse_status("Restarting (1) 2 seconds ago").0,
             RunState::Restarting
+        );
+    }
+
+    #[test]
+    fn image_ids_come_from_the_config_blob_name() {
+        let hex = "717e5be68bd3c2de023b7674ee1daf31c464165637165d2c4ba661abba9ea96e";
+        let id = Some(format!("sha256:{hex}"));
+        assert_eq!(image_id_of_config(&format!("{hex}.json")), id);
+        assert_eq!(image_id_of_config(&format!("blobs/sha256/{hex}")), id);
+        assert_eq!(image_id_of_config("config.json"), None);
+        assert_eq!(image_id_of_config(&format!("{}.json", &hex[1..])), None);
+        assert_eq!(
+            image_id_of_config(&format!("{}.json", hex.to_uppercase())),
+            None
+        );
+        assert_eq!(image_id_of_config(""), None);
+    }
+
+    #[test]
+    fn an_archive_manifest_gives_the_image_id_and_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memcached.tar");
+        let hex = "ab".repeat(32);
+        let manifest = format!(
+            r#"[{{"Config":"{hex}.json","RepoTags":["kolla/memcached:zed"],"Layers":["l/layer.tar"]}}]"#
+        );
+        let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(manifest.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "manifest.json", manifest.as_bytes())
+            .unwrap();
+        builder.finish().unwrap();
+        assert_eq!(
+            archive_manifest(&path).unwrap(),
+            ArchiveManifest {
+                image_id: Some(format!("sha256:{hex}")),
+                tags: vec!["kolla/memcached:zed".to_string()],
+            }
         );
     }
 

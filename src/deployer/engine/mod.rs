@@ -60,6 +60,15 @@ pub struct DiskFree {
     pub available_bytes: u64,
 }
 
+/// How `Engine::load_archive` got the image onto the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveLoad {
+    /// The archive was streamed to the engine, which unpacked it.
+    Streamed,
+    /// The engine already had the archive's image (same content ID): only tagged.
+    AlreadyPresent,
+}
+
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// For messages.
@@ -72,9 +81,14 @@ pub trait Engine: Send + Sync {
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
     async fn pull(&self, image: &str) -> Result<(), EngineError>;
     /// Loads a `docker save` archive and tags its image as `image` (image distribution without a
-    /// registry: the deployer streams the appliance's archive to the engine).
-    async fn load_archive(&self, archive: &std::path::Path, image: &str)
-    -> Result<(), EngineError>;
+    /// registry: the deployer streams the appliance's archive to the engine). An engine that
+    /// already holds the archive's image, by content ID (an OS image built with it preloaded),
+    /// only tags it.
+    async fn load_archive(
+        &self,
+        archive: &std::path::Path,
+        image: &str,
+    ) -> Result<ArchiveLoad, EngineError>;
     /// Creates the container (and its labelled named volumes) and uploads its files; does not
     /// start it.
     async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError>;

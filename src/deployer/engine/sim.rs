@@ -2,7 +2,7 @@
 //! whatever the test says. For the executor's unit tests and the rack simulator, never as the
 //! evidence that deploying onto real Docker works (tests/services_*.rs use real dockerd).
 
-use super::{DiskFree, Engine, EngineError, EngineInfo, ProbeOutcome};
+use super::{ArchiveLoad, DiskFree, Engine, EngineError, EngineInfo, ProbeOutcome};
 use crate::deployer::plan::{Health, Observed, RunState};
 use crate::deployer::spec::{ContainerSpec, Kind};
 use async_trait::async_trait;
@@ -138,7 +138,7 @@ impl Engine for SimEngine {
         &self,
         archive: &std::path::Path,
         image: &str,
-    ) -> Result<(), EngineError> {
+    ) -> Result<ArchiveLoad, EngineError> {
         if !archive.exists() {
             return Err(EngineError::failed("load", image, "no such archive"));
         }
@@ -146,7 +146,7 @@ impl Engine for SimEngine {
         state.calls.push(format!("load {image}"));
         let id = format!("sha256:{}", crate::deployer::spec::short_digest(image));
         state.images.insert(image.to_string(), id);
-        Ok(())
+        Ok(ArchiveLoad::Streamed)
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), EngineError> {
