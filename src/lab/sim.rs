@@ -127,7 +127,16 @@ pub(super) fn build(
             OsStr::new(&options.sim_timing),
         ],
     )?;
-    progress("starting the Kiln daemon (API 127.0.0.1:6385, boot services on br0)");
+    // Every node deploys at once (the rehearsal's point), unless KILN_DEPLOY_PARALLEL caps it
+    // as it would on a real appliance (default 64): the daemon's memory grows with concurrent
+    // image downloads (a 256 KiB chunk in flight each), not with enrolled nodes.
+    let parallel = std::env::var("KILN_DEPLOY_PARALLEL")
+        .ok()
+        .filter(|v| v.parse::<usize>().is_ok_and(|n| n > 0))
+        .unwrap_or_else(|| nodes.clone());
+    progress(&format!(
+        "starting the Kiln daemon (API 127.0.0.1:6385, boot services on br0, {parallel} deploys at once)"
+    ));
     let daemon_pid = start(
         name,
         dir,
@@ -144,7 +153,7 @@ pub(super) fn build(
             OsStr::new("--files-root"),
             files_root.as_os_str(),
             OsStr::new("--deploy-parallel"),
-            OsStr::new(&nodes),
+            OsStr::new(&parallel),
             OsStr::new("--agent-heartbeat"),
             OsStr::new("1"),
         ],
