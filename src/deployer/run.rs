@@ -164,6 +164,11 @@ impl Context {
         Ok(containers)
     }
 
+    /// Seconds since the run started: `Row::finished_s`.
+    fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
     fn event(&self, host: &str, service: &str, container: &str, message: impl Into<String>) {
         let _ = self.events.send(Event {
             at: self.started.elapsed(),
@@ -602,7 +607,7 @@ async fn converge_host(
                 action: action.verb().to_string(),
                 result,
                 seconds,
-                finished_s: context.started.elapsed().as_secs_f64(),
+                finished_s: context.elapsed_s(),
             }),
             Err(reason) => {
                 context.event(host, &spec.service, &spec.name, format!("FAILED: {reason}"));
@@ -613,7 +618,7 @@ async fn converge_host(
                     action: action.verb().to_string(),
                     result: "failed".into(),
                     seconds,
-                    finished_s: context.started.elapsed().as_secs_f64(),
+                    finished_s: context.elapsed_s(),
                 });
                 let logs = engine.logs_tail(&spec.name, 15).await.unwrap_or_default();
                 return (
@@ -889,7 +894,7 @@ fn row(
         action: action.to_string(),
         result: result.to_string(),
         seconds: started.elapsed().as_secs_f64(),
-        finished_s: context.started.elapsed().as_secs_f64(),
+        finished_s: context.elapsed_s(),
     }
 }
 
@@ -935,7 +940,7 @@ async fn pull_all(
                     action: "pull".into(),
                     result: "pulled".into(),
                     seconds: started.elapsed().as_secs_f64(),
-                    finished_s: context.started.elapsed().as_secs_f64(),
+                    finished_s: context.elapsed_s(),
                 });
                 if let Some(id) = id {
                     pulled.insert((host.clone(), image.clone()), id);
@@ -1014,7 +1019,7 @@ async fn teardown(
                                 action: if destroy { "destroy" } else { "stop" }.into(),
                                 result: verb.into(),
                                 seconds: started.elapsed().as_secs_f64(),
-                                finished_s: context.started.elapsed().as_secs_f64(),
+                                finished_s: context.elapsed_s(),
                             });
                         }
                         Err(err) => failures.push(Failure {
@@ -1037,7 +1042,7 @@ async fn teardown(
                                     action: "destroy".into(),
                                     result: "removed".into(),
                                     seconds: 0.0,
-                                    finished_s: context.started.elapsed().as_secs_f64(),
+                                    finished_s: context.elapsed_s(),
                                 });
                             }
                         }
